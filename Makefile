@@ -1,0 +1,45 @@
+# luanet: build, install, test, benchmark.
+# Everything Lua-side runs under Debian's lua5.4; luarocks always gets --lua-version 5.4
+# (installing luarocks points the plain `lua` alternative at 5.1).
+
+LUAROCKS ?= luarocks --lua-version 5.4
+ROCKSPEC := rockspec/luanet-scm-1.rockspec
+TREE     ?= $(CURDIR)/.rocks
+# The module as a user gets it: installed by luarocks into a tree, found through luarocks path.
+LUAENV    = eval "$$($(LUAROCKS) --tree $(TREE) path)";
+BUSTED   ?= $(shell command -v busted)
+
+.PHONY: build install local test test-rust test-lua bench demo rock clean
+
+build:
+	cargo build --release --locked
+
+# System-wide install, as `luarocks install luanet` would do.
+install:
+	$(LUAROCKS) make $(ROCKSPEC)
+
+# Install into ./.rocks (no root needed); tests, demo and bench use this tree.
+local:
+	$(LUAROCKS) make --tree $(TREE) $(ROCKSPEC)
+
+test: test-rust test-lua
+
+test-rust:
+	cargo test --release --locked
+
+test-lua: local
+	$(LUAENV) cd tests && lua5.4 $(BUSTED) --pattern=_spec -o utfTerminal .
+
+demo: local
+	$(LUAENV) lua5.4 examples/demo_echo.lua
+
+bench: local
+	$(LUAENV) bench/run
+
+# A .src.rock that installs with no rocks server: `luarocks --lua-version 5.4 install luanet-scm-1.src.rock`.
+rock:
+	bash .ci/pack-rock
+
+clean:
+	cargo clean
+	rm -rf $(TREE) core.so *.src.rock

@@ -1,0 +1,95 @@
+//! Listening sockets (TCP and Unix): accept.
+
+use std::ffi::{c_int, CStr};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use crate::errors::describe;
+use crate::lua::{ffi, lua_State, push_fail, Raise};
+use crate::reactor::Reactor;
+use crate::socket::{adopt, push_closed, with_socket, Kind};
+use crate::stream::{blocking_op, resume, start, Attempt, Dir, Op};
+
+enum Accepted {
+    Socket(socket2::Socket, Kind),
+    WouldBlock,
+    Failed(io::Error),
+}
+
+fn accept_one(s: &mut crate::socket::Socket) -> Accepted {
+    if !s.readable {
+        return Accepted::WouldBlock;
+    }
+    let kind = if s.kind == Kind::UnixListener { Kind::UnixStream } else { Kind::TcpStream };
+    loop {
+        let fd = unsafe {
+            libc::accept4(
+                s.fd.as_raw_fd(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            )
+        };
+        if fd >= 0 {
+            let socket = socket2::Socket::from(unsafe { OwnedFd::from_raw_fd(fd) });
+            return Accepted::Socket(socket, kind);
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            // A connection that died in the queue is not the listener's failure.
+            Some(libc::EINTR) | Some(libc::ECONNABORTED) | Some(libc::EPROTO) => continue,
+            Some(libc::EAGAIN) => {
+                s.readable = false;
+                return Accepted::WouldBlock;
+            }
+            // EMFILE and friends: the pending connection stays queued; report and let the
+            // caller decide (the hint stays set so the next accept tries again).
+            _ => return Accepted::Failed(err),
+        }
+    }
+}
+
+unsafe fn accept_attempt(l: *mut lua_State, r: &Reactor, key: usize, generation: u32) -> Result<Attempt, Raise> {
+    let accepted = with_socket(r, key, generation, accept_one);
+    Ok(match accepted {
+        None => Attempt::Done(push_closed(l)),
+        Some(Accepted::WouldBlock) => Attempt::Wait,
+        Some(Accepted::Failed(e)) => {
+            let (word, detail) = describe(&e);
+            Attempt::Done(push_fail(l, word, &detail))
+        }
+        Some(Accepted::Socket(socket, kind)) => {
+            if kind == Kind::TcpStream {
+                // Small request/response messages are the common case: no Nagle delay.
+                let _ = socket.set_tcp_nodelay(true);
+            }
+            Attempt::Done(adopt(l, r, socket, kind, |_| {}))
+        }
+    })
+}
+
+blocking_op!(ACCEPT, accept, accept_k, "accept", Dir::Read, accept_attempt, 2);
+
+pub const METHODS: &[(&CStr, ffi::lua_CFunction)] = &[(c"accept", accept)];
+
+/// Shared by TCP and Unix listen: bind is done; listen and adopt.
+pub unsafe fn listen_and_adopt(
+    l: *mut lua_State,
+    r: &Reactor,
+    socket: socket2::Socket,
+    backlog: i32,
+    kind: Kind,
+    setup: impl FnOnce(&mut crate::socket::Socket),
+) -> c_int {
+    if let Err(e) = socket.listen(backlog) {
+        let (word, detail) = describe(&e);
+        return match push_fail(l, word, &detail) {
+            crate::lua::Ret::Values(n) => n,
+            crate::lua::Ret::Yield(..) => 0,
+        };
+    }
+    match adopt(l, r, socket, kind, setup) {
+        crate::lua::Ret::Values(n) => n,
+        crate::lua::Ret::Yield(..) => 0,
+    }
+}

@@ -1,0 +1,535 @@
+//! The loop: one mio `Poll`, the tasks it resumes, and the timers that wake them.
+//!
+//! State lives in `RefCell`s borrowed for a few lines at a time and never across a call
+//! into Lua: a resumed task calls back into Rust (read, write, spawn...), and a `__gc`
+//! finalizer may run during any Lua allocation. Tasks are resumed with `lua_resume` on the
+//! task's own thread; they come back by yielding the private sentinel (see `lua.rs`).
+
+use std::cell::{Cell, RefCell, UnsafeCell};
+use std::collections::VecDeque;
+use std::ffi::c_int;
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+
+use crate::lua::{ffi, lua_State, Raise};
+use crate::socket::Socket;
+use crate::timer::{Expiry, TimerKey, Timers};
+
+/// Why a suspended task was resumed; its continuation receives this as an integer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(i64)]
+pub enum Reason {
+    /// The thing waited for may be ready: retry.
+    Ready = 1,
+    Timeout = 2,
+    /// The socket waited on was closed locally.
+    Closed = 3,
+}
+
+impl Reason {
+    pub fn from_stack(l: *mut lua_State) -> Reason {
+        // The loop resumes with exactly one integer; anything else is treated as "retry".
+        let mut isnum = 0;
+        let v = unsafe { ffi::lua_tointegerx(l, -1, &mut isnum) };
+        match (isnum != 0, v) {
+            (true, 2) => Reason::Timeout,
+            (true, 3) => Reason::Closed,
+            _ => Reason::Ready,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TaskState {
+    Ready,
+    Running,
+    Suspended,
+}
+
+pub struct Task {
+    /// The coroutine; kept alive by `reference` in the registry.
+    thread: *mut lua_State,
+    reference: c_int,
+    state: TaskState,
+    /// Counts waits, so a wake-up meant for an earlier wait (a timer racing an event) is ignored.
+    wait: u64,
+    timer: Option<TimerKey>,
+    /// Whether this wait keeps the loop alive (sockets and timers do; conditions do not).
+    waiting_io: bool,
+}
+
+/// A registered waiter: the task and which of its waits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Waiter {
+    pub task: usize,
+    pub wait: u64,
+}
+
+enum Resume {
+    Start(c_int),
+    Plain,
+    Reason(Reason),
+}
+
+struct Wake {
+    task: usize,
+    wait: u64,
+    how: Resume,
+}
+
+pub const READ_BUFFER: usize = 64 * 1024;
+
+pub struct Reactor {
+    poll: RefCell<Poll>,
+    events: RefCell<Events>,
+    pub sockets: RefCell<Slab<Socket>>,
+    tasks: RefCell<Slab<Task>>,
+    ready: RefCell<VecDeque<Wake>>,
+    pub timers: RefCell<Timers>,
+    current: Cell<Option<usize>>,
+    stop_requested: Cell<bool>,
+    running: Cell<bool>,
+    /// Tasks waiting on a socket: they keep `run` going.
+    io_waits: Cell<usize>,
+    /// Sockets with bytes queued but unsent: they keep `run` going until flushed.
+    pub flushing: Cell<usize>,
+    /// Sockets whose userdata was collected, closed at the next safe point.
+    pub gc_queue: RefCell<Vec<(usize, u32)>>,
+    /// One receive buffer for every socket, allocated (and zeroed) once.
+    scratch: UnsafeCell<Box<[u8]>>,
+    next_generation: Cell<u32>,
+}
+
+pub fn report(text: &str) {
+    // Until logging is configured, stderr; a failed write must not take the process down.
+    let _ = writeln!(io::stderr(), "luanet: {text}");
+}
+
+impl Reactor {
+    pub fn new() -> io::Result<Reactor> {
+        Ok(Reactor {
+            poll: RefCell::new(Poll::new()?),
+            events: RefCell::new(Events::with_capacity(1024)),
+            sockets: RefCell::new(Slab::new()),
+            tasks: RefCell::new(Slab::new()),
+            ready: RefCell::new(VecDeque::new()),
+            timers: RefCell::new(Timers::new()),
+            current: Cell::new(None),
+            stop_requested: Cell::new(false),
+            running: Cell::new(false),
+            io_waits: Cell::new(0),
+            flushing: Cell::new(0),
+            gc_queue: RefCell::new(Vec::new()),
+            scratch: UnsafeCell::new(vec![0u8; READ_BUFFER].into_boxed_slice()),
+            next_generation: Cell::new(1),
+        })
+    }
+
+    pub fn generation(&self) -> u32 {
+        let g = self.next_generation.get();
+        self.next_generation.set(g.wrapping_add(1).max(1));
+        g
+    }
+
+    /// The shared receive buffer. Callers use it between two Lua calls only; nothing that
+    /// runs during a Lua call (finalizers included) touches it.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn scratch(&self) -> &mut [u8] {
+        &mut *self.scratch.get()
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.timers.borrow().now_ms()
+    }
+
+    pub fn current_task(&self) -> Option<usize> {
+        self.current.get()
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.running.get()
+    }
+
+    pub fn request_stop(&self) {
+        self.stop_requested.set(true);
+    }
+
+    // ---- sockets in the poll ----------------------------------------------------------------
+
+    /// Registers a socket once, edge-triggered for both directions: no epoll_ctl per message.
+    pub fn add_socket(&self, socket: Socket) -> io::Result<usize> {
+        let mut sockets = self.sockets.borrow_mut();
+        let entry = sockets.vacant_entry();
+        let key = entry.key();
+        let fd = socket.fd.as_raw_fd();
+        self.poll
+            .borrow()
+            .registry()
+            .register(&mut SourceFd(&fd), Token(key), Interest::READABLE | Interest::WRITABLE)?;
+        entry.insert(socket);
+        Ok(key)
+    }
+
+    /// Deregisters and drops a socket (closing its descriptor).
+    pub fn remove_socket(&self, key: usize) {
+        let removed = {
+            let mut sockets = self.sockets.borrow_mut();
+            if !sockets.contains(key) {
+                return;
+            }
+            sockets.remove(key)
+        };
+        let fd = removed.fd.as_raw_fd();
+        let _ = self.poll.borrow().registry().deregister(&mut SourceFd(&fd));
+        if removed.has_unsent() {
+            self.flushing.set(self.flushing.get().saturating_sub(1));
+        }
+        if let Some(linger) = removed.linger_timer {
+            self.timers.borrow_mut().cancel(linger);
+        }
+        for w in [removed.read_waiter, removed.write_waiter].into_iter().flatten() {
+            self.wake(w, Reason::Closed);
+        }
+        removed.cleanup_path();
+        drop(removed);
+    }
+
+    /// Closes sockets whose userdata was garbage collected (queued by `__gc`).
+    pub fn collect_garbage(&self) {
+        let queued = std::mem::take(&mut *self.gc_queue.borrow_mut());
+        for (key, generation) in queued {
+            crate::socket::close_socket(self, key, generation);
+        }
+    }
+
+    // ---- tasks ------------------------------------------------------------------------------
+
+    /// Adopts coroutine `thread` (already on top of `l`'s stack, popped here) as a task
+    /// whose first resume passes `nargs` values already moved onto its stack.
+    pub unsafe fn add_task(&self, l: *mut lua_State, thread: *mut lua_State, nargs: c_int) -> usize {
+        let reference = ffi::luaL_ref(l, ffi::LUA_REGISTRYINDEX);
+        let key = self.tasks.borrow_mut().insert(Task {
+            thread,
+            reference,
+            state: TaskState::Ready,
+            wait: 0,
+            timer: None,
+            waiting_io: false,
+        });
+        self.ready.borrow_mut().push_back(Wake { task: key, wait: 0, how: Resume::Start(nargs) });
+        key
+    }
+
+    pub unsafe fn push_task_thread(&self, l: *mut lua_State, task: usize) -> bool {
+        let reference = match self.tasks.borrow().get(task) {
+            Some(t) => t.reference,
+            None => return false,
+        };
+        ffi::lua_rawgeti(l, ffi::LUA_REGISTRYINDEX, reference as ffi::lua_Integer);
+        true
+    }
+
+    /// Task identity for Lua (`core.current()`): key and wait count are stable for the
+    /// task's life, so the pair cannot name a later task that reuses the slab slot.
+    pub fn task_id(&self, task: usize) -> Option<i64> {
+        let tasks = self.tasks.borrow();
+        let t = tasks.get(task)?;
+        Some(((t.reference as i64) << 32) | task as i64)
+    }
+
+    pub fn task_from_id(&self, id: i64) -> Option<usize> {
+        let task = (id & 0xffff_ffff) as usize;
+        let reference = (id >> 32) as c_int;
+        let tasks = self.tasks.borrow();
+        match tasks.get(task) {
+            Some(t) if t.reference == reference => Some(task),
+            _ => None,
+        }
+    }
+
+    /// The number the task's next wait will have (for waiter lists built in Lua).
+    pub fn next_wait(&self, task: usize) -> Option<u64> {
+        self.tasks.borrow().get(task).map(|t| t.wait + 1)
+    }
+
+    /// Starts a wait for the running task. Fails (as a Lua error) outside a task or where
+    /// Lua cannot yield; in that case nothing is registered.
+    pub unsafe fn begin_wait(
+        &self,
+        l: *mut lua_State,
+        func: &str,
+        deadline_ms: Option<u64>,
+        keeps_loop_alive: bool,
+    ) -> Result<Waiter, Raise> {
+        let Some(task) = self.current.get() else {
+            return Err(format!(
+                "{func}: not inside a luanet task (start one with luanet.spawn(fn) or luanet.run(fn))"
+            ));
+        };
+        if ffi::lua_isyieldable(l) == 0 {
+            return Err(format!(
+                "{func}: cannot block here (inside a metamethod or C function that cannot yield)"
+            ));
+        }
+        let mut tasks = self.tasks.borrow_mut();
+        let Some(t) = tasks.get_mut(task) else {
+            return Err(format!("{func}: the running task is gone"));
+        };
+        t.wait += 1;
+        t.state = TaskState::Suspended;
+        if let Some(deadline) = deadline_ms {
+            t.timer = Some(self.timers.borrow_mut().arm_at(deadline, Expiry::Task { task, wait: t.wait }));
+        }
+        if keeps_loop_alive {
+            t.waiting_io = true;
+            self.io_waits.set(self.io_waits.get() + 1);
+        }
+        Ok(Waiter { task, wait: t.wait })
+    }
+
+    /// Wakes `w` if it is still that wait; returns whether it did.
+    pub fn wake(&self, w: Waiter, reason: Reason) -> bool {
+        let mut tasks = self.tasks.borrow_mut();
+        let Some(t) = tasks.get_mut(w.task) else { return false };
+        if t.state != TaskState::Suspended || t.wait != w.wait {
+            return false;
+        }
+        t.state = TaskState::Ready;
+        if let Some(timer) = t.timer.take() {
+            self.timers.borrow_mut().cancel(timer);
+        }
+        if t.waiting_io {
+            t.waiting_io = false;
+            self.io_waits.set(self.io_waits.get() - 1);
+        }
+        self.ready.borrow_mut().push_back(Wake { task: w.task, wait: w.wait, how: Resume::Reason(reason) });
+        true
+    }
+
+    /// Whether `w` is a wait still in progress (so its socket slot is taken).
+    pub fn is_waiting(&self, w: Waiter) -> bool {
+        matches!(self.tasks.borrow().get(w.task), Some(t) if t.state == TaskState::Suspended && t.wait == w.wait)
+    }
+
+    // ---- the loop ---------------------------------------------------------------------------
+
+    /// Runs until stopped or idle. `l` is the thread that called `run`.
+    pub unsafe fn run(&self, l: *mut lua_State) -> Result<(), Raise> {
+        if self.running.get() {
+            return Err("luanet.run: the loop is already running (run cannot be called from inside a task)".into());
+        }
+        self.running.set(true);
+        self.stop_requested.set(false);
+        let outcome = self.turns(l);
+        self.running.set(false);
+        if outcome.is_ok() && !self.stop_requested.get() {
+            self.close_stranded_tasks(l);
+        }
+        outcome
+    }
+
+    unsafe fn turns(&self, l: *mut lua_State) -> Result<(), Raise> {
+        loop {
+            // Only the tasks ready at the start of the turn: a task that yields goes to the
+            // next turn, after I/O has been polled, so nobody starves the sockets.
+            let n = self.ready.borrow().len();
+            for _ in 0..n {
+                let next = self.ready.borrow_mut().pop_front();
+                let Some(wake) = next else { break };
+                self.resume(l, wake);
+                if self.stop_requested.get() {
+                    break;
+                }
+            }
+            self.collect_garbage();
+            if self.stop_requested.get() {
+                return Ok(());
+            }
+            let timeout = if !self.ready.borrow().is_empty() {
+                Some(Duration::ZERO)
+            } else if let Some(deadline) = self.timers.borrow().next_deadline_ms() {
+                Some(Duration::from_millis(deadline.saturating_sub(self.now_ms())))
+            } else if self.io_waits.get() > 0 || self.flushing.get() > 0 {
+                None
+            } else {
+                return Ok(());
+            };
+            self.poll_once(timeout)?;
+            self.fire_timers();
+        }
+    }
+
+    fn poll_once(&self, timeout: Option<Duration>) -> Result<(), Raise> {
+        let mut events = self.events.borrow_mut();
+        if let Err(e) = self.poll.borrow_mut().poll(&mut events, timeout) {
+            if e.kind() == io::ErrorKind::Interrupted {
+                return Ok(());
+            }
+            return Err(format!("luanet.run: polling failed: {e}"));
+        }
+        let mut finished = Vec::new();
+        {
+            let mut sockets = self.sockets.borrow_mut();
+            for event in events.iter() {
+                let key = event.token().0;
+                let Some(s) = sockets.get_mut(key) else { continue };
+                if event.is_read_closed() || event.is_error() {
+                    s.read_closed = true;
+                }
+                if event.is_readable() || event.is_read_closed() || event.is_error() {
+                    s.readable = true;
+                    if let Some(w) = s.read_waiter.take() {
+                        self.wake(w, Reason::Ready);
+                    }
+                }
+                if event.is_writable() || event.is_write_closed() || event.is_error() {
+                    s.writable = true;
+                    if s.on_writable(self) {
+                        finished.push(key);
+                    }
+                }
+            }
+        }
+        for key in finished {
+            self.remove_socket(key);
+        }
+        Ok(())
+    }
+
+    fn fire_timers(&self) {
+        let now = self.now_ms();
+        loop {
+            let expired = self.timers.borrow_mut().pop_expired(now);
+            match expired {
+                None => break,
+                Some(Expiry::Task { task, wait }) => {
+                    if let Some(t) = self.tasks.borrow_mut().get_mut(task) {
+                        if t.wait == wait {
+                            t.timer = None;
+                        }
+                    }
+                    self.wake(Waiter { task, wait }, Reason::Timeout);
+                }
+                Some(Expiry::Linger { socket, generation }) => {
+                    let still_there = matches!(self.sockets.borrow().get(socket), Some(s) if s.generation == generation);
+                    if still_there {
+                        if let Some(s) = self.sockets.borrow_mut().get_mut(socket) {
+                            s.linger_timer = None;
+                        }
+                        self.remove_socket(socket);
+                    }
+                }
+            }
+        }
+    }
+
+    unsafe fn resume(&self, l: *mut lua_State, wake: Wake) {
+        let (thread, nargs) = {
+            let mut tasks = self.tasks.borrow_mut();
+            let Some(t) = tasks.get_mut(wake.task) else { return };
+            if t.state != TaskState::Ready || t.wait != wake.wait {
+                return;
+            }
+            t.state = TaskState::Running;
+            let nargs = match wake.how {
+                Resume::Start(n) => n,
+                Resume::Plain => 0,
+                Resume::Reason(r) => {
+                    ffi::lua_checkstack(t.thread, 1);
+                    ffi::lua_pushinteger(t.thread, r as ffi::lua_Integer);
+                    1
+                }
+            };
+            (t.thread, nargs)
+        };
+        self.current.set(Some(wake.task));
+        let mut nres: c_int = 0;
+        let status = ffi::lua_resume(thread, l, nargs, &mut nres);
+        self.current.set(None);
+        match status {
+            ffi::LUA_YIELD => {
+                ffi::lua_pop(thread, nres);
+                let mut tasks = self.tasks.borrow_mut();
+                if let Some(t) = tasks.get_mut(wake.task) {
+                    if t.state == TaskState::Running {
+                        // A plain coroutine.yield() from the task body: run again next turn.
+                        t.state = TaskState::Ready;
+                        self.ready.borrow_mut().push_back(Wake { task: wake.task, wait: t.wait, how: Resume::Plain });
+                    }
+                }
+            }
+            ffi::LUA_OK => self.finish(l, wake.task),
+            _ => {
+                // Task bodies run under xpcall (luanet.lua); this is an error that escaped it.
+                ffi::luaL_traceback(l, thread, ffi::lua_tostring(thread, -1), 0);
+                report(&format!("task error: {}", crate::lua::lossy(l, -1)));
+                ffi::lua_pop(l, 1);
+                self.finish(l, wake.task);
+            }
+        }
+    }
+
+    unsafe fn finish(&self, l: *mut lua_State, task: usize) {
+        let removed = {
+            let mut tasks = self.tasks.borrow_mut();
+            if !tasks.contains(task) {
+                return;
+            }
+            tasks.remove(task)
+        };
+        if let Some(timer) = removed.timer {
+            self.timers.borrow_mut().cancel(timer);
+        }
+        if removed.waiting_io {
+            self.io_waits.set(self.io_waits.get() - 1);
+        }
+        if ffi::lua_status(removed.thread) != ffi::LUA_OK || ffi::lua_gettop(removed.thread) > 0 {
+            close_thread(removed.thread);
+        }
+        ffi::luaL_unref(l, ffi::LUA_REGISTRYINDEX, removed.reference);
+    }
+
+    /// Tasks still suspended when `run` found nothing left to do can never be woken:
+    /// close them so their `<close>` variables run.
+    unsafe fn close_stranded_tasks(&self, l: *mut lua_State) {
+        let stranded: Vec<usize> = self
+            .tasks
+            .borrow()
+            .iter()
+            .filter(|(_, t)| t.state == TaskState::Suspended)
+            .map(|(k, _)| k)
+            .collect();
+        if stranded.is_empty() {
+            return;
+        }
+        report(&format!(
+            "{} task(s) were blocked forever (waiting on a channel or condition nobody can signal) and have been closed",
+            stranded.len()
+        ));
+        for task in stranded {
+            self.finish(l, task);
+        }
+    }
+
+    /// At `lua_close`: close every task left, so their `<close>` variables run.
+    pub unsafe fn close_all_tasks(&self, l: *mut lua_State) {
+        let all: Vec<usize> = self.tasks.borrow().iter().map(|(k, _)| k).collect();
+        for task in all {
+            self.finish(l, task);
+        }
+        self.ready.borrow_mut().clear();
+    }
+}
+
+/// Closes a suspended or dead coroutine, running its pending `<close>` variables.
+unsafe fn close_thread(thread: *mut lua_State) {
+    let status = ffi::lua_resetthread(thread);
+    if status != ffi::LUA_OK {
+        report(&format!("error while closing a task: {}", crate::lua::lossy(thread, -1)));
+    }
+}

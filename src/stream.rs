@@ -1,0 +1,667 @@
+//! Stream connections (TCP and Unix): reading, buffered writing with a high-water mark,
+//! and the machinery every blocking socket call uses (attempt; on EAGAIN wait and retry).
+
+use std::ffi::{c_int, CStr};
+use std::io;
+use std::os::fd::AsRawFd;
+
+use crate::errors::{self, describe};
+use crate::lua::{self, ffi, lua_State, push_fail, LuaResult, Raise, Ret};
+use crate::reactor::{Reactor, Reason, READ_BUFFER};
+use crate::socket::{handle_at, push_closed, reactor, with_socket, Socket};
+
+/// The most one `read_exact` or `read_all` may gather (memory stays bounded).
+pub const MAX_GATHER: usize = 64 * 1024 * 1024;
+
+// ---- blocking operations ---------------------------------------------------------------
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Dir {
+    Read,
+    Write,
+}
+
+pub enum Attempt {
+    Done(Ret),
+    /// Would block: wait for the socket in this direction, then attempt again.
+    Wait,
+}
+
+/// A blocking socket operation: `attempt` reads its arguments from the stack (1 = the
+/// socket) and either finishes or asks to wait; `k` is its continuation after a wait.
+pub struct Op {
+    pub name: &'static str,
+    pub dir: Dir,
+    pub attempt: unsafe fn(*mut lua_State, &Reactor, usize, u32) -> Result<Attempt, Raise>,
+    pub k: unsafe extern "C-unwind" fn(*mut lua_State, c_int, ffi::lua_KContext) -> c_int,
+}
+
+/// Deadlines travel through the yield in the continuation context (0 = none).
+fn encode_deadline(deadline: Option<u64>) -> ffi::lua_KContext {
+    deadline.map_or(0, |d| d as ffi::lua_KContext + 1)
+}
+
+fn decode_deadline(ctx: ffi::lua_KContext) -> Option<u64> {
+    (ctx > 0).then(|| ctx as u64 - 1)
+}
+
+/// The operation's deadline: the explicit timeout argument at `idx`, else the socket's default.
+pub unsafe fn deadline_arg(l: *mut lua_State, r: &Reactor, idx: c_int, key: usize, generation: u32, func: &str) -> Result<Option<u64>, Raise> {
+    let explicit = lua::opt_seconds_ms(l, idx, func, "timeout")?;
+    let ms = match explicit {
+        Some(ms) => Some(ms),
+        None => with_socket(r, key, generation, |s| s.timeout_ms).flatten(),
+    };
+    Ok(ms.map(|ms| r.now_ms().saturating_add(ms)))
+}
+
+/// First call of a blocking operation.
+pub unsafe fn start(l: *mut lua_State, op: &Op, timeout_idx: c_int) -> c_int {
+    lua::entry(l, || {
+        let (key, generation) = handle_at(l, 1, op.name)?;
+        let r = reactor(l);
+        let deadline = deadline_arg(l, r, timeout_idx, key, generation, op.name)?;
+        drive(l, r, op, key, generation, deadline)
+    })
+}
+
+/// After a wait: the loop resumed us with a `Reason` on top of the stack.
+pub unsafe fn resume(l: *mut lua_State, op: &Op, ctx: ffi::lua_KContext) -> c_int {
+    lua::entry(l, || {
+        let reason = Reason::from_stack(l);
+        ffi::lua_pop(l, 1);
+        match reason {
+            Reason::Timeout => Ok(push_fail(l, errors::TIMEOUT, "the operation timed out")),
+            Reason::Closed => Ok(push_closed(l)),
+            Reason::Ready => {
+                let (key, generation) = handle_at(l, 1, op.name)?;
+                drive(l, reactor(l), op, key, generation, decode_deadline(ctx))
+            }
+        }
+    })
+}
+
+unsafe fn drive(l: *mut lua_State, r: &Reactor, op: &Op, key: usize, generation: u32, deadline: Option<u64>) -> LuaResult {
+    match (op.attempt)(l, r, key, generation)? {
+        Attempt::Done(ret) => Ok(ret),
+        Attempt::Wait => wait(l, r, op, key, generation, deadline),
+    }
+}
+
+/// Registers the running task as the socket's waiter in `op.dir` and yields.
+pub unsafe fn wait(l: *mut lua_State, r: &Reactor, op: &Op, key: usize, generation: u32, deadline: Option<u64>) -> LuaResult {
+    let busy = with_socket(r, key, generation, |s| {
+        let slot = if op.dir == Dir::Read { s.read_waiter } else { s.write_waiter };
+        slot.is_some_and(|w| r.is_waiting(w))
+    });
+    match busy {
+        None => return Ok(push_closed(l)),
+        Some(true) => {
+            let what = if op.dir == Dir::Read { "reading from" } else { "writing to" };
+            return Ok(push_fail(l, errors::BUSY, &format!("another task is already {what} this socket")));
+        }
+        Some(false) => {}
+    }
+    if deadline.is_some_and(|d| r.now_ms() >= d) {
+        return Ok(push_fail(l, errors::TIMEOUT, "the operation timed out"));
+    }
+    let waiter = r.begin_wait(l, op.name, deadline, true)?;
+    with_socket(r, key, generation, |s| {
+        if op.dir == Dir::Read {
+            s.read_waiter = Some(waiter);
+        } else {
+            s.write_waiter = Some(waiter);
+        }
+    });
+    Ok(Ret::Yield(encode_deadline(deadline), op.k))
+}
+
+// ---- receiving -------------------------------------------------------------------------
+
+pub enum Fill {
+    Data(usize),
+    Eof,
+    WouldBlock,
+    Failed(io::Error),
+}
+
+/// One `recv` into `buf`, skipped when the readiness hint says it would fail.
+pub fn recv_into(s: &mut Socket, buf: &mut [u8]) -> Fill {
+    if !s.readable {
+        return Fill::WouldBlock;
+    }
+    loop {
+        let n = unsafe { libc::recv(s.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n > 0 {
+            let n = n as usize;
+            // A short read drained the socket; the next edge will say when more arrives.
+            // After the peer's FIN no edge comes again, so then we keep reading until EOF.
+            if n < buf.len() && !s.read_closed {
+                s.readable = false;
+            }
+            return Fill::Data(n);
+        }
+        if n == 0 {
+            s.eof = true;
+            return Fill::Eof;
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EAGAIN) => {
+                s.readable = false;
+                return Fill::WouldBlock;
+            }
+            _ => return Fill::Failed(err),
+        }
+    }
+}
+
+/// Receives more bytes onto the end of `rbuf`.
+unsafe fn gather(r: &Reactor, s: &mut Socket) -> Fill {
+    let scratch = r.scratch();
+    let fill = recv_into(s, scratch);
+    if let Fill::Data(n) = fill {
+        if s.rpos > 0 && s.rpos == s.rbuf.len() {
+            s.rbuf.clear();
+            s.rpos = 0;
+        } else if s.rpos > READ_BUFFER && s.rpos * 2 > s.rbuf.len() {
+            s.rbuf.drain(..s.rpos);
+            s.rpos = 0;
+        }
+        s.rbuf.extend_from_slice(&scratch[..n]);
+    }
+    fill
+}
+
+/// What an attempt found, decided under the socket borrow and pushed after it is released.
+enum Found {
+    /// `len` bytes at `ptr`, then drop `consume` bytes from `rbuf` (0 when from scratch).
+    Bytes { ptr: *const u8, len: usize, consume: usize },
+    Closed,
+    Failed(&'static str, String),
+    Fail(&'static str, &'static str),
+    Wait,
+}
+
+unsafe fn finish(l: *mut lua_State, r: &Reactor, key: usize, generation: u32, found: Option<Found>) -> Result<Attempt, Raise> {
+    Ok(match found {
+        None | Some(Found::Closed) => Attempt::Done(push_closed(l)),
+        Some(Found::Wait) => Attempt::Wait,
+        Some(Found::Failed(word, detail)) => Attempt::Done(push_fail(l, word, &detail)),
+        Some(Found::Fail(word, detail)) => Attempt::Done(push_fail(l, word, detail)),
+        Some(Found::Bytes { ptr, len, consume }) => {
+            // The bytes live in the scratch buffer or in this socket's rbuf; neither is
+            // touched by anything a Lua allocation can run (finalizers only queue closes
+            // or close *other* sockets: this one is on our stack).
+            lua::push_bytes(l, std::slice::from_raw_parts(ptr, len));
+            if consume > 0 {
+                with_socket(r, key, generation, |s| {
+                    s.rpos += consume;
+                    if s.rpos == s.rbuf.len() {
+                        s.rbuf.clear();
+                        s.rpos = 0;
+                    }
+                });
+            }
+            Attempt::Done(Ret::Values(1))
+        }
+    })
+}
+
+fn failed(e: &io::Error) -> Found {
+    let (word, detail) = describe(e);
+    Found::Failed(word, detail)
+}
+
+unsafe fn read_attempt(l: *mut lua_State, r: &Reactor, key: usize, generation: u32) -> Result<Attempt, Raise> {
+    let want = match lua::opt_integer(l, 2, "read", "n")? {
+        None => READ_BUFFER,
+        Some(n) if n >= 1 => (n as usize).min(READ_BUFFER),
+        Some(_) => return Err("read: bad argument #2 'n' (must be 1 or more)".into()),
+    };
+    let found = with_socket(r, key, generation, |s| {
+        let avail = s.rbuf.len() - s.rpos;
+        if avail > 0 {
+            let len = avail.min(want);
+            return Found::Bytes { ptr: s.rbuf[s.rpos..].as_ptr(), len, consume: len };
+        }
+        if s.eof {
+            return Found::Closed;
+        }
+        let scratch = r.scratch();
+        match recv_into(s, &mut scratch[..want]) {
+            Fill::Data(n) => Found::Bytes { ptr: scratch.as_ptr(), len: n, consume: 0 },
+            Fill::Eof => Found::Closed,
+            Fill::WouldBlock => Found::Wait,
+            Fill::Failed(e) => failed(&e),
+        }
+    });
+    finish(l, r, key, generation, found)
+}
+
+unsafe fn read_exact_attempt(l: *mut lua_State, r: &Reactor, key: usize, generation: u32) -> Result<Attempt, Raise> {
+    let n = lua::check_integer(l, 2, "read_exact", "n")?;
+    if n < 0 || n as usize > MAX_GATHER {
+        return Err(format!("read_exact: bad argument #2 'n' (must be 0 to {MAX_GATHER})"));
+    }
+    let n = n as usize;
+    let found = with_socket(r, key, generation, |s| loop {
+        if s.rbuf.len() - s.rpos >= n {
+            return Found::Bytes { ptr: s.rbuf[s.rpos..].as_ptr(), len: n, consume: n };
+        }
+        if s.eof {
+            return Found::Closed;
+        }
+        match gather(r, s) {
+            Fill::Data(_) => continue,
+            Fill::Eof => return Found::Closed,
+            Fill::WouldBlock => return Found::Wait,
+            Fill::Failed(e) => return failed(&e),
+        }
+    });
+    finish(l, r, key, generation, found)
+}
+
+unsafe fn read_line_attempt(l: *mut lua_State, r: &Reactor, key: usize, generation: u32) -> Result<Attempt, Raise> {
+    let found = with_socket(r, key, generation, |s| {
+        let mut scanned = 0;
+        loop {
+            let pending = &s.rbuf[s.rpos..];
+            if let Some(at) = pending[scanned..].iter().position(|&b| b == b'\n') {
+                let end = scanned + at;
+                let len = if end > 0 && pending[end - 1] == b'\r' { end - 1 } else { end };
+                return Found::Bytes { ptr: pending.as_ptr(), len, consume: end + 1 };
+            }
+            scanned = pending.len();
+            if pending.len() > s.line_limit {
+                return Found::Fail(errors::LINE_TOO_LONG, "no newline within the socket's line limit");
+            }
+            if s.eof {
+                return if pending.is_empty() {
+                    Found::Closed
+                } else {
+                    Found::Bytes { ptr: pending.as_ptr(), len: pending.len(), consume: pending.len() }
+                };
+            }
+            match gather(r, s) {
+                Fill::Data(_) | Fill::Eof => continue,
+                Fill::WouldBlock => return Found::Wait,
+                Fill::Failed(e) => return failed(&e),
+            }
+        }
+    });
+    finish(l, r, key, generation, found)
+}
+
+unsafe fn read_all_attempt(l: *mut lua_State, r: &Reactor, key: usize, generation: u32) -> Result<Attempt, Raise> {
+    let found = with_socket(r, key, generation, |s| loop {
+        let avail = s.rbuf.len() - s.rpos;
+        if avail > MAX_GATHER {
+            return Found::Fail(errors::MESSAGE_TOO_LARGE, "more than 64 MiB before the end of the stream");
+        }
+        if s.eof {
+            return Found::Bytes { ptr: s.rbuf[s.rpos..].as_ptr(), len: avail, consume: avail };
+        }
+        match gather(r, s) {
+            Fill::Data(_) | Fill::Eof => continue,
+            Fill::WouldBlock => return Found::Wait,
+            Fill::Failed(e) => return failed(&e),
+        }
+    });
+    finish(l, r, key, generation, found)
+}
+
+macro_rules! blocking_op {
+    ($op:ident, $start:ident, $k:ident, $name:literal, $dir:expr, $attempt:path, $timeout_idx:literal) => {
+        static $op: Op = Op { name: $name, dir: $dir, attempt: $attempt, k: $k };
+        unsafe extern "C-unwind" fn $start(l: *mut lua_State) -> c_int {
+            start(l, &$op, $timeout_idx)
+        }
+        unsafe extern "C-unwind" fn $k(l: *mut lua_State, _status: c_int, ctx: ffi::lua_KContext) -> c_int {
+            resume(l, &$op, ctx)
+        }
+    };
+}
+pub(crate) use blocking_op;
+
+blocking_op!(READ, read, read_k, "read", Dir::Read, read_attempt, 3);
+blocking_op!(READ_EXACT, read_exact, read_exact_k, "read_exact", Dir::Read, read_exact_attempt, 3);
+blocking_op!(READ_LINE, read_line, read_line_k, "read_line", Dir::Read, read_line_attempt, 2);
+blocking_op!(READ_ALL, read_all, read_all_k, "read_all", Dir::Read, read_all_attempt, 2);
+
+// ---- sending ---------------------------------------------------------------------------
+
+/// One `send` without SIGPIPE (the host process keeps the default disposition).
+pub fn send_nosignal(s: &Socket, data: &[u8]) -> io::Result<usize> {
+    loop {
+        let n = unsafe { libc::send(s.fd.as_raw_fd(), data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINTR) {
+            return Err(err);
+        }
+    }
+}
+
+/// Keeps `Reactor::flushing` (sockets with unsent bytes keep the loop alive) in step.
+fn note_unsent(r: &Reactor, before: bool, after: bool) {
+    if before != after {
+        let n = r.flushing.get();
+        r.flushing.set(if after { n + 1 } else { n.saturating_sub(1) });
+    }
+}
+
+/// Hands queued bytes to the kernel until it stops taking them.
+pub fn flush_queued(s: &mut Socket, r: &Reactor) {
+    let before = s.has_unsent();
+    while s.has_unsent() && s.writable {
+        match send_nosignal(s, &s.wbuf[s.wpos..]) {
+            Ok(n) => s.wpos += n,
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => s.writable = false,
+            Err(e) => {
+                // Nothing queued can be delivered any more; the next write reports why.
+                s.write_error = Some(describe(&e));
+                s.wbuf.clear();
+                s.wpos = 0;
+            }
+        }
+    }
+    if !s.has_unsent() {
+        s.wbuf.clear();
+        s.wpos = 0;
+        if s.shutdown_after_flush {
+            s.shutdown_after_flush = false;
+            let _ = s.fd.shutdown(std::net::Shutdown::Write);
+        }
+    } else if s.wpos > READ_BUFFER && s.wpos * 2 > s.wbuf.len() {
+        s.wbuf.drain(..s.wpos);
+        s.wpos = 0;
+    }
+    note_unsent(r, before, s.has_unsent());
+}
+
+/// Queues `data` (sending what the kernel takes at once). Returns whether the queue is
+/// now past the high-water mark, or the error that stops this socket from sending.
+fn queue(s: &mut Socket, r: &Reactor, data: &[u8]) -> Result<bool, (&'static str, String)> {
+    if let Some(err) = &s.write_error {
+        return Err(err.clone());
+    }
+    let before = s.has_unsent();
+    let mut rest = data;
+    if !before && s.writable {
+        match send_nosignal(s, data) {
+            Ok(n) => rest = &data[n..],
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => s.writable = false,
+            Err(e) => {
+                let err = describe(&e);
+                s.write_error = Some(err.clone());
+                return Err(err);
+            }
+        }
+        if !rest.is_empty() {
+            s.writable = false;
+        }
+    }
+    if !rest.is_empty() {
+        s.wbuf.extend_from_slice(rest);
+        if s.writable {
+            flush_queued(s, r);
+        }
+    }
+    note_unsent(r, before, s.has_unsent());
+    Ok(s.unsent() > s.high_water)
+}
+
+unsafe extern "C-unwind" fn write(l: *mut lua_State) -> c_int {
+    lua::entry(l, || {
+        let (key, generation) = handle_at(l, 1, "write")?;
+        let data = lua::check_bytes(l, 2, "write", "data")?;
+        let r = reactor(l);
+        let deadline = deadline_arg(l, r, 3, key, generation, "write")?;
+        match with_socket(r, key, generation, |s| queue(s, r, data)) {
+            None => Ok(push_closed(l)),
+            Some(Err((word, detail))) => Ok(push_fail(l, word, &detail)),
+            Some(Ok(false)) => Ok(lua::push_true(l)),
+            Some(Ok(true)) => wait(l, r, &WRITE_DRAIN, key, generation, deadline),
+        }
+    })
+}
+
+/// After a write passed the high-water mark: done once back under half of it.
+unsafe fn drain_attempt(l: *mut lua_State, r: &Reactor, key: usize, generation: u32) -> Result<Attempt, Raise> {
+    let state = with_socket(r, key, generation, |s| (s.write_error.clone(), s.unsent() <= s.high_water / 2));
+    Ok(match state {
+        None => Attempt::Done(push_closed(l)),
+        Some((Some((word, detail)), _)) => Attempt::Done(push_fail(l, word, &detail)),
+        Some((None, true)) => Attempt::Done(lua::push_true(l)),
+        Some((None, false)) => Attempt::Wait,
+    })
+}
+
+static WRITE_DRAIN: Op = Op { name: "write", dir: Dir::Write, attempt: drain_attempt, k: write_k };
+unsafe extern "C-unwind" fn write_k(l: *mut lua_State, _status: c_int, ctx: ffi::lua_KContext) -> c_int {
+    resume(l, &WRITE_DRAIN, ctx)
+}
+
+unsafe fn flush_attempt(l: *mut lua_State, r: &Reactor, key: usize, generation: u32) -> Result<Attempt, Raise> {
+    let state = with_socket(r, key, generation, |s| (s.write_error.clone(), s.has_unsent()));
+    Ok(match state {
+        None => Attempt::Done(push_closed(l)),
+        Some((Some((word, detail)), _)) => Attempt::Done(push_fail(l, word, &detail)),
+        Some((None, false)) => Attempt::Done(lua::push_true(l)),
+        Some((None, true)) => Attempt::Wait,
+    })
+}
+blocking_op!(FLUSH, flush, flush_k, "flush", Dir::Write, flush_attempt, 2);
+
+// ---- non-blocking methods --------------------------------------------------------------
+
+unsafe extern "C-unwind" fn buffered(l: *mut lua_State) -> c_int {
+    lua::entry(l, || {
+        let (key, generation) = handle_at(l, 1, "buffered")?;
+        let n = with_socket(reactor(l), key, generation, |s| s.unsent()).unwrap_or(0);
+        ffi::lua_pushinteger(l, n as ffi::lua_Integer);
+        Ok(Ret::Values(1))
+    })
+}
+
+unsafe extern "C-unwind" fn shutdown(l: *mut lua_State) -> c_int {
+    lua::entry(l, || {
+        let (key, generation) = handle_at(l, 1, "shutdown")?;
+        let how = if lua::is_none_or_nil(l, 2) { "write" } else { lua::check_str(l, 2, "shutdown", "how")? };
+        let (read, write) = match how {
+            "write" => (false, true),
+            "read" => (true, false),
+            "both" => (true, true),
+            _ => return Err(format!("shutdown: bad argument #2 'how' (\"read\", \"write\" or \"both\" expected, got \"{how}\")")),
+        };
+        let outcome = with_socket(reactor(l), key, generation, |s| {
+            if read {
+                s.fd.shutdown(std::net::Shutdown::Read)?;
+            }
+            if write {
+                if s.has_unsent() {
+                    s.shutdown_after_flush = true;
+                } else {
+                    s.fd.shutdown(std::net::Shutdown::Write)?;
+                }
+            }
+            Ok::<(), io::Error>(())
+        });
+        match outcome {
+            None => Ok(push_closed(l)),
+            Some(Err(e)) => {
+                let (word, detail) = describe(&e);
+                Ok(push_fail(l, word, &detail))
+            }
+            Some(Ok(())) => Ok(lua::push_true(l)),
+        }
+    })
+}
+
+/// Shared shape of the setters that take a positive size.
+unsafe fn set_size(l: *mut lua_State, func: &str, apply: impl FnOnce(&mut Socket, usize) -> io::Result<()>) -> LuaResult {
+    let (key, generation) = handle_at(l, 1, func)?;
+    let n = lua::check_integer(l, 2, func, "bytes")?;
+    if n < 1 {
+        return Err(format!("{func}: bad argument #2 'bytes' (must be 1 or more)"));
+    }
+    match with_socket(reactor(l), key, generation, |s| apply(s, n as usize)) {
+        None => Ok(push_closed(l)),
+        Some(Err(e)) => {
+            let (word, detail) = describe(&e);
+            Ok(push_fail(l, word, &detail))
+        }
+        Some(Ok(())) => Ok(lua::push_true(l)),
+    }
+}
+
+unsafe extern "C-unwind" fn set_high_water(l: *mut lua_State) -> c_int {
+    lua::entry(l, || set_size(l, "set_high_water", |s, n| Ok(s.high_water = n)))
+}
+
+unsafe extern "C-unwind" fn set_line_limit(l: *mut lua_State) -> c_int {
+    lua::entry(l, || set_size(l, "set_line_limit", |s, n| Ok(s.line_limit = n)))
+}
+
+unsafe extern "C-unwind" fn set_send_buffer(l: *mut lua_State) -> c_int {
+    lua::entry(l, || set_size(l, "set_send_buffer", |s, n| s.fd.set_send_buffer_size(n)))
+}
+
+unsafe extern "C-unwind" fn set_recv_buffer(l: *mut lua_State) -> c_int {
+    lua::entry(l, || set_size(l, "set_recv_buffer", |s, n| s.fd.set_recv_buffer_size(n)))
+}
+
+unsafe fn get_size(l: *mut lua_State, func: &str, get: impl FnOnce(&Socket) -> io::Result<usize>) -> LuaResult {
+    let (key, generation) = handle_at(l, 1, func)?;
+    match with_socket(reactor(l), key, generation, |s| get(s)) {
+        None => Ok(push_closed(l)),
+        Some(Err(e)) => {
+            let (word, detail) = describe(&e);
+            Ok(push_fail(l, word, &detail))
+        }
+        Some(Ok(n)) => {
+            ffi::lua_pushinteger(l, n as ffi::lua_Integer);
+            Ok(Ret::Values(1))
+        }
+    }
+}
+
+unsafe extern "C-unwind" fn send_buffer(l: *mut lua_State) -> c_int {
+    lua::entry(l, || get_size(l, "send_buffer", |s| s.fd.send_buffer_size()))
+}
+
+unsafe extern "C-unwind" fn recv_buffer(l: *mut lua_State) -> c_int {
+    lua::entry(l, || get_size(l, "recv_buffer", |s| s.fd.recv_buffer_size()))
+}
+
+/// Kernel buffer sizes: shared by streams and datagram sockets.
+pub const BUFFER_METHODS: &[(&CStr, ffi::lua_CFunction)] = &[
+    (c"set_send_buffer", set_send_buffer),
+    (c"set_recv_buffer", set_recv_buffer),
+    (c"send_buffer", send_buffer),
+    (c"recv_buffer", recv_buffer),
+];
+
+pub const METHODS: &[(&CStr, ffi::lua_CFunction)] = &[
+    (c"read", read),
+    (c"read_exact", read_exact),
+    (c"read_line", read_line),
+    (c"read_all", read_all),
+    (c"write", write),
+    (c"flush", flush),
+    (c"buffered", buffered),
+    (c"shutdown", shutdown),
+    (c"set_high_water", set_high_water),
+    (c"set_line_limit", set_line_limit),
+    (c"set_nodelay", crate::tcp::set_nodelay),
+    (c"set_keepalive", crate::tcp::set_keepalive),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::socket::Kind;
+    use socket2::{Domain, Type};
+
+    fn pair() -> (Socket, socket2::Socket) {
+        let (a, b) = socket2::Socket::pair(Domain::UNIX, Type::STREAM, None).unwrap();
+        a.set_nonblocking(true).unwrap();
+        (Socket::new(a, Kind::UnixStream, 1), b)
+    }
+
+    #[test]
+    fn short_read_clears_the_hint_and_eof_is_seen() {
+        let (mut s, peer) = pair();
+        let mut buf = [0u8; 64];
+        assert!(matches!(recv_into(&mut s, &mut buf), Fill::WouldBlock));
+        assert!(!s.readable);
+        // With the hint cleared no system call is made, even though data is there now.
+        peer.send(b"hello").unwrap();
+        assert!(matches!(recv_into(&mut s, &mut buf), Fill::WouldBlock));
+        s.readable = true;
+        assert!(matches!(recv_into(&mut s, &mut buf), Fill::Data(5)));
+        assert!(!s.readable, "a short read drained the socket");
+        drop(peer);
+        s.readable = true;
+        assert!(matches!(recv_into(&mut s, &mut buf), Fill::Eof));
+    }
+
+    #[test]
+    fn queue_passes_high_water_and_flush_drains() {
+        let r = Reactor::new().unwrap();
+        let (mut s, peer) = pair();
+        s.fd.set_send_buffer_size(4096).unwrap();
+        s.high_water = 64 * 1024;
+        let chunk = vec![7u8; 16 * 1024];
+        let mut over = false;
+        for _ in 0..64 {
+            over = queue(&mut s, &r, &chunk).unwrap();
+            if over {
+                break;
+            }
+        }
+        assert!(over, "a peer that never reads must push the queue past high water");
+        assert_eq!(r.flushing.get(), 1);
+        peer.set_nonblocking(true).unwrap();
+        let mut sink = vec![0u8; 1 << 20];
+        let mut received = 0usize;
+        for _ in 0..10_000 {
+            if let Ok(n) = (&peer).read_some(&mut sink) {
+                received += n;
+            }
+            s.writable = true;
+            flush_queued(&mut s, &r);
+            if !s.has_unsent() {
+                break;
+            }
+        }
+        assert!(!s.has_unsent());
+        assert_eq!(r.flushing.get(), 0);
+        assert!(received > 0);
+    }
+
+    #[test]
+    fn send_to_a_closed_peer_reports_broken_pipe_without_sigpipe() {
+        let r = Reactor::new().unwrap();
+        let (mut s, peer) = pair();
+        drop(peer);
+        let err = queue(&mut s, &r, b"x").unwrap_err();
+        assert_eq!(err.0, "broken pipe");
+        assert_eq!(queue(&mut s, &r, b"y").unwrap_err().0, "broken pipe");
+    }
+
+    trait ReadSome {
+        fn read_some(self, buf: &mut [u8]) -> io::Result<usize>;
+    }
+    impl ReadSome for &socket2::Socket {
+        fn read_some(self, buf: &mut [u8]) -> io::Result<usize> {
+            use std::io::Read;
+            let mut s: &socket2::Socket = self;
+            s.read(buf)
+        }
+    }
+}

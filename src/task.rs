@@ -1,0 +1,161 @@
+//! The task functions the Lua face builds on: spawn, run, stop, sleep, and a bare
+//! suspend/wake pair from which `luanet.lua` makes channels and conditions.
+
+use std::ffi::c_int;
+
+use crate::lua::{self, ffi, lua_State, push_fail, Ret};
+use crate::reactor::{Reason, Waiter};
+use crate::socket::reactor;
+
+/// `core.spawn(co, ...)`: adopts a fresh coroutine as a task; `...` become its arguments.
+pub unsafe extern "C-unwind" fn spawn(l: *mut lua_State) -> c_int {
+    lua::entry(l, || {
+        let co = ffi::lua_tothread(l, 1);
+        if co.is_null() {
+            return Err(lua::bad_arg(l, "luanet.spawn", 1, "co", "thread"));
+        }
+        if ffi::lua_status(co) != ffi::LUA_OK || ffi::lua_gettop(co) != 1 {
+            return Err("luanet.spawn: the coroutine must be new (created and never resumed)".into());
+        }
+        let nargs = ffi::lua_gettop(l) - 1;
+        if ffi::lua_checkstack(co, nargs + 1) == 0 {
+            return Err("luanet.spawn: too many arguments".into());
+        }
+        ffi::lua_xmove(l, co, nargs);
+        ffi::lua_settop(l, 1);
+        reactor(l).add_task(l, co, nargs);
+        Ok(Ret::Values(0))
+    })
+}
+
+/// `core.run()`
+pub unsafe extern "C-unwind" fn run(l: *mut lua_State) -> c_int {
+    lua::entry(l, || {
+        reactor(l).run(l)?;
+        Ok(lua::push_true(l))
+    })
+}
+
+/// `core.stop()`
+pub unsafe extern "C-unwind" fn stop(l: *mut lua_State) -> c_int {
+    lua::entry(l, || {
+        reactor(l).request_stop();
+        Ok(Ret::Values(0))
+    })
+}
+
+/// `core.sleep(seconds)`: `0` is a plain yield (back of the ready queue).
+pub unsafe extern "C-unwind" fn sleep(l: *mut lua_State) -> c_int {
+    lua::entry(l, || {
+        const F: &str = "luanet.sleep";
+        let ms = match lua::opt_seconds_ms(l, 1, F, "seconds")? {
+            Some(ms) => ms,
+            None => return Err(lua::bad_arg(l, F, 1, "seconds", "number")),
+        };
+        let r = reactor(l);
+        if ms == 0 {
+            // Checked like a wait, but nothing is registered: the loop requeues the task.
+            if r.current_task().is_none() {
+                return Err(format!("{F}: not inside a luanet task (start one with luanet.spawn(fn) or luanet.run(fn))"));
+            }
+            if ffi::lua_isyieldable(l) == 0 {
+                return Err(format!("{F}: cannot block here (inside a metamethod or C function that cannot yield)"));
+            }
+        } else {
+            let deadline = r.now_ms().saturating_add(ms);
+            r.begin_wait(l, F, Some(deadline), false)?;
+        }
+        Ok(Ret::Yield(0, sleep_k))
+    })
+}
+
+unsafe extern "C-unwind" fn sleep_k(l: *mut lua_State, _status: c_int, _ctx: ffi::lua_KContext) -> c_int {
+    ffi::lua_settop(l, 0);
+    0
+}
+
+/// `core.now()`: monotonic seconds.
+pub unsafe extern "C-unwind" fn now(l: *mut lua_State) -> c_int {
+    lua::entry(l, || {
+        ffi::lua_pushnumber(l, reactor(l).timers.borrow().now_seconds());
+        Ok(Ret::Values(1))
+    })
+}
+
+/// `core.running()`: the running task's coroutine, or nil.
+pub unsafe extern "C-unwind" fn running(l: *mut lua_State) -> c_int {
+    lua::entry(l, || {
+        let r = reactor(l);
+        match r.current_task() {
+            Some(task) if r.push_task_thread(l, task) => {}
+            _ => ffi::lua_pushnil(l),
+        }
+        Ok(Ret::Values(1))
+    })
+}
+
+/// `core.prepare_wait(what)`: the task id and the number of the wait the next `suspend`
+/// will start, for a waiter list. Raises outside a task.
+pub unsafe extern "C-unwind" fn prepare_wait(l: *mut lua_State) -> c_int {
+    lua::entry(l, || {
+        let r = reactor(l);
+        let what = if lua::is_none_or_nil(l, 1) { "wait" } else { lua::check_str(l, 1, "prepare_wait", "what")? };
+        let Some(task) = r.current_task() else {
+            return Err(format!("{what}: not inside a luanet task (start one with luanet.spawn(fn) or luanet.run(fn))"));
+        };
+        let (id, next_wait) = match (r.task_id(task), r.next_wait(task)) {
+            (Some(id), Some(w)) => (id, w),
+            _ => return Err(format!("{what}: the running task is gone")),
+        };
+        ffi::lua_pushinteger(l, id);
+        ffi::lua_pushinteger(l, next_wait as ffi::lua_Integer);
+        Ok(Ret::Values(2))
+    })
+}
+
+/// `core.suspend(timeout, what)`: waits until `wake` or the timeout;
+/// returns true, or nil, "timeout".
+pub unsafe extern "C-unwind" fn suspend(l: *mut lua_State) -> c_int {
+    lua::entry(l, || {
+        let what = if lua::is_none_or_nil(l, 2) { "wait" } else { lua::check_str(l, 2, "suspend", "what")? };
+        let ms = lua::opt_seconds_ms(l, 1, what, "timeout")?;
+        let r = reactor(l);
+        let deadline = ms.map(|ms| r.now_ms().saturating_add(ms));
+        r.begin_wait(l, what, deadline, false)?;
+        Ok(Ret::Yield(0, suspend_k))
+    })
+}
+
+unsafe extern "C-unwind" fn suspend_k(l: *mut lua_State, _status: c_int, _ctx: ffi::lua_KContext) -> c_int {
+    lua::entry(l, || {
+        let reason = Reason::from_stack(l);
+        ffi::lua_settop(l, 0);
+        if reason == Reason::Timeout {
+            return Ok(push_fail(l, crate::errors::TIMEOUT, "the wait timed out"));
+        }
+        Ok(lua::push_true(l))
+    })
+}
+
+/// `core.wake(id, wait)`: resumes that wait if it is still in progress; returns whether it was.
+pub unsafe extern "C-unwind" fn wake(l: *mut lua_State) -> c_int {
+    lua::entry(l, || {
+        let id = lua::check_integer(l, 1, "wake", "id")?;
+        let wait = lua::check_integer(l, 2, "wake", "wait")?;
+        let r = reactor(l);
+        let woke = match r.task_from_id(id) {
+            Some(task) => r.wake(Waiter { task, wait: wait as u64 }, Reason::Ready),
+            None => false,
+        };
+        ffi::lua_pushboolean(l, woke as c_int);
+        Ok(Ret::Values(1))
+    })
+}
+
+/// `core.report(text)`: luanet's own error report (task errors and the like).
+pub unsafe extern "C-unwind" fn report(l: *mut lua_State) -> c_int {
+    lua::entry(l, || {
+        crate::reactor::report(&lua::lossy(l, 1));
+        Ok(Ret::Values(0))
+    })
+}
