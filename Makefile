@@ -7,9 +7,11 @@ ROCKSPEC := rockspec/luanet-scm-1.rockspec
 TREE     ?= $(CURDIR)/.rocks
 # The module as a user gets it: installed by luarocks into a tree, found through luarocks path.
 LUAENV    = eval "$$($(LUAROCKS) --tree $(TREE) path)";
-BUSTED   ?= $(shell command -v busted)
 
-.PHONY: build install local test test-rust test-lua bench demo rock clean
+.PHONY: deps build install local test test-rust test-lua bench demo rock clean
+
+deps:
+	scripts/deps
 
 build:
 	cargo build --release --locked
@@ -22,15 +24,17 @@ install:
 local:
 	$(LUAROCKS) make --tree $(TREE) $(ROCKSPEC)
 
-test: test-rust test-lua
+test: deps
+	$(MAKE) test-rust test-lua
 
 test-rust:
 	cargo test --release --locked
 
 test-lua: local
-	$(LUAENV) cd tests && lua5.4 $(BUSTED) --pattern=_spec -o utfTerminal .
+	$(LUAENV) scripts/test-lua
 
-demo: local
+demo: deps
+	$(MAKE) local
 	$(LUAENV) lua5.4 examples/demo_echo.lua
 
 bench: local

@@ -36,7 +36,8 @@ fn too_large(kind: Kind, len: usize, to: Option<&SockAddr>, local_v6: bool) -> b
 
 /// One send attempt of `data` (argument 2) to `to` (or the connected peer).
 unsafe fn send_attempt_to(l: *mut lua_State, r: &Reactor, key: usize, generation: u32, to: Option<&SockAddr>) -> Result<Attempt, Raise> {
-    let data = lua::check_bytes(l, 2, "send", "data")?;
+    let func = if to.is_some() { "sendto" } else { "send" };
+    let data = lua::check_bytes(l, 2, func, "data")?;
     let outcome = with_socket(r, key, generation, |s| {
         let local_v6 = s.fd.local_addr().map(|a| a.is_ipv6()).unwrap_or(false);
         if too_large(s.kind, data.len(), to, local_v6) {
@@ -70,6 +71,7 @@ unsafe fn send_attempt_to(l: *mut lua_State, r: &Reactor, key: usize, generation
 }
 
 unsafe fn sendto_attempt(l: *mut lua_State, r: &Reactor, key: usize, generation: u32) -> Result<Attempt, Raise> {
+    lua::check_bytes(l, 2, "sendto", "data")?;
     let text = lua::check_str(l, 3, "sendto", "addr")?;
     match destination(r, key, generation, text) {
         None => Ok(Attempt::Done(push_closed(l))),

@@ -20,19 +20,17 @@ unsafe fn os_fail(l: *mut lua_State, e: &io::Error) -> Ret {
     push_fail(l, word, &detail)
 }
 
-/// Binds `socket` to `text`. A socket file whose listener died (connecting is refused) is
-/// stale and replaced; a live one is never stolen.
-fn bind_path(socket: &socket2::Socket, addr: &SockAddr, text: &str, stream: bool) -> io::Result<Option<OwnedPath>> {
+/// Binds `socket` to `text`. A socket file whose listener died is stale and replaced; a
+/// live one is never stolen.
+fn bind_path(socket: &socket2::Socket, addr: &SockAddr, text: &str, ty: Type) -> io::Result<Option<OwnedPath>> {
     match socket.bind(addr) {
         Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) && stream && !text.starts_with('@') => {
-            let probe = socket2::Socket::new(Domain::UNIX, Type::STREAM.cloexec(), None)?;
-            match probe.connect(addr) {
-                Err(p) if p.raw_os_error() == Some(libc::ECONNREFUSED) => {
-                    std::fs::remove_file(text)?;
-                    socket.bind(addr)?;
-                }
-                _ => return Err(e),
+        Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) && !text.starts_with('@') => {
+            if is_stale(addr, text, ty)? {
+                std::fs::remove_file(text)?;
+                socket.bind(addr)?;
+            } else {
+                return Err(e);
             }
         }
         Err(e) => return Err(e),
@@ -42,6 +40,30 @@ fn bind_path(socket: &socket2::Socket, addr: &SockAddr, text: &str, stream: bool
     }
     let meta = std::fs::metadata(text)?;
     Ok(Some(OwnedPath { path: PathBuf::from(text), dev: meta.dev(), ino: meta.ino() }))
+}
+
+/// Whether nobody is bound to the socket file at `text` any more. The kernel's table of
+/// bound Unix sockets answers without touching a live listener; only a path missing from
+/// it (bound in another network namespace, say) is probed by connecting, and a refused
+/// connect is the proof of death.
+fn is_stale(addr: &SockAddr, text: &str, ty: Type) -> io::Result<bool> {
+    if bound_in_proc(text) {
+        return Ok(false);
+    }
+    let probe = socket2::Socket::new(Domain::UNIX, ty.cloexec(), None)?;
+    Ok(matches!(probe.connect(addr), Err(p) if p.raw_os_error() == Some(libc::ECONNREFUSED)))
+}
+
+fn bound_in_proc(text: &str) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/unix") else { return false };
+    let absolute = std::fs::canonicalize(text).ok();
+    table.lines().skip(1).any(|line| {
+        // Num RefCount Protocol Flags Type St Inode Path: the path is the 8th field.
+        match line.split_whitespace().nth(7) {
+            Some(path) => path == text || absolute.as_deref().is_some_and(|a| a.as_os_str() == path),
+            None => false,
+        }
+    })
 }
 
 unsafe fn address(l: *mut lua_State, func: &str) -> Result<Result<(String, SockAddr), String>, String> {
@@ -64,7 +86,7 @@ pub unsafe extern "C-unwind" fn listen(l: *mut lua_State) -> c_int {
             Ok(s) => s,
             Err(e) => return Ok(os_fail(l, &e)),
         };
-        let owned = match bind_path(&socket, &addr, &text, true) {
+        let owned = match bind_path(&socket, &addr, &text, Type::STREAM) {
             Ok(o) => o,
             Err(e) => return Ok(os_fail(l, &e)),
         };
@@ -116,7 +138,7 @@ pub unsafe extern "C-unwind" fn bind(l: *mut lua_State) -> c_int {
             Ok(s) => s,
             Err(e) => return Ok(os_fail(l, &e)),
         };
-        let owned = match bind_path(&socket, &addr, &text, false) {
+        let owned = match bind_path(&socket, &addr, &text, Type::DGRAM) {
             Ok(o) => o,
             Err(e) => return Ok(os_fail(l, &e)),
         };

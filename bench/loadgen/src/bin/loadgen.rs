@@ -6,10 +6,13 @@
 //!
 //! Load mode (default):
 //!   loadgen [--conns N] [--seconds S] [--warmup S] [--server-pid PID] HOST:PORT
-//! Connections are opened at most --max-pending at a time; a connection counts as open
-//! once its first echo came back. Then --warmup seconds, then echoes are counted for
-//! --seconds. Prints one line:
-//!   conns=100 echoes_per_sec=123456 errors=0 echoes=... seconds=... loadgen_cpu=0.41 server_cpu=0.99 ...
+//! Connections are opened at most --max-pending (64) at a time, so no listen backlog
+//! overflows; a connection counts as open once its first echo came back. Then --warmup
+//! seconds, then echoes are counted for --seconds. Prints one line:
+//!   conns=100 echoes_per_sec=123456 errors=0 echoes=... seconds=... loadgen_busy=0.71 server_cpu=0.99 ...
+//! errors adds up connect failures, I/O errors, early EOFs, wrong echo bytes, connections
+//! that never opened, and stalls (a live connection whose message waited > --stall-ms at
+//! the end, or that completed nothing in the window).
 //! server_cpu is CPU seconds per wall second of --server-pid during the measured window
 //! (/proc/PID/stat utime+stime, all threads); loadgen_cpu and loadgen_user the same for
 //! the loadgen (getrusage). By default the loadgen busy-polls (epoll_wait with a zero
@@ -112,7 +115,7 @@ fn parse_opts() -> Opts {
         seconds: 3.0,
         warmup: 1.0,
         open_timeout: 30.0,
-        max_pending: 128,
+        max_pending: 64,
         server_pid: None,
         hold: None,
         stall_ms: 1000,
