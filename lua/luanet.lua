@@ -14,7 +14,6 @@ local SENTINEL = core.SENTINEL
 local co_create, co_resume, co_yield, co_status, co_close =
    coroutine.create, coroutine.resume, coroutine.yield, coroutine.status, coroutine.close
 local pack, unpack = table.pack, table.unpack
-local traceback = debug.traceback
 
 ---------------------------------------------------------------------------------------
 -- Pass-through coroutines: when a user's coroutine blocks in luanet, it yields the
@@ -56,24 +55,15 @@ luanet.coroutine = { resume = resume, wrap = wrap }
 -- Tasks and the loop
 ---------------------------------------------------------------------------------------
 
-local function on_task_error(err)
-   return traceback(tostring(err), 2)
-end
-
-local function task_body(fn, ...)
-   local ok, err = xpcall(fn, on_task_error, ...)
-   if not ok then
-      core.report("task error: " .. err)
-   end
-end
-
 --- Starts `fn(...)` as a task; returns the task (a coroutine).
 function luanet.spawn(fn, ...)
    if type(fn) ~= "function" then
       error("luanet.spawn: bad argument #1 'fn' (function expected, got " .. type(fn) .. ")", 2)
    end
-   local co = co_create(task_body)
-   core.spawn(co, fn, ...)
+   -- No wrapper frame: an idle task costs only its coroutine. An error is reported (with
+   -- the traceback of the coroutine it killed) by the loop.
+   local co = co_create(fn)
+   core.spawn(co, ...)
    return co
 end
 

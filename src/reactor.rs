@@ -189,7 +189,8 @@ impl Reactor {
         if removed.has_unsent() {
             self.flushing.set(self.flushing.get().saturating_sub(1));
         }
-        if let Some(linger) = removed.linger_timer {
+        let mut removed = removed;
+        if let Some(linger) = removed.take_linger_timer() {
             self.timers.borrow_mut().cancel(linger);
         }
         for w in [removed.read_waiter, removed.write_waiter].into_iter().flatten() {
@@ -419,7 +420,7 @@ impl Reactor {
                     let still_there = matches!(self.sockets.borrow().get(socket), Some(s) if s.generation == generation);
                     if still_there {
                         if let Some(s) = self.sockets.borrow_mut().get_mut(socket) {
-                            s.linger_timer = None;
+                            s.take_linger_timer();
                         }
                         self.remove_socket(socket);
                     }
@@ -465,10 +466,13 @@ impl Reactor {
             }
             ffi::LUA_OK => self.finish(l, wake.task),
             _ => {
-                // Task bodies run under xpcall (luanet.lua); this is an error that escaped it.
-                ffi::luaL_traceback(l, thread, ffi::lua_tostring(thread, -1), 0);
-                report(&format!("task error: {}", crate::lua::lossy(l, -1)));
+                // An error ended the task. Its coroutine keeps the stack it died with, so
+                // the traceback is taken here; `finish` then runs its <close> variables.
+                let message = crate::lua::lossy(thread, -1);
+                ffi::luaL_traceback(l, thread, std::ptr::null(), 0);
+                let trace = crate::lua::lossy(l, -1);
                 ffi::lua_pop(l, 1);
+                report(&format!("task error: {message}\n{trace}"));
                 self.finish(l, wake.task);
             }
         }
@@ -488,8 +492,9 @@ impl Reactor {
         if removed.waiting_io {
             self.io_waits.set(self.io_waits.get() - 1);
         }
-        if ffi::lua_status(removed.thread) != ffi::LUA_OK || ffi::lua_gettop(removed.thread) > 0 {
-            close_thread(removed.thread);
+        let status = ffi::lua_status(removed.thread);
+        if status != ffi::LUA_OK || ffi::lua_gettop(removed.thread) > 0 {
+            close_thread(removed.thread, status == ffi::LUA_YIELD);
         }
         ffi::luaL_unref(l, ffi::LUA_REGISTRYINDEX, removed.reference);
     }
@@ -526,10 +531,11 @@ impl Reactor {
     }
 }
 
-/// Closes a suspended or dead coroutine, running its pending `<close>` variables.
-unsafe fn close_thread(thread: *mut lua_State) {
+/// Closes a suspended or dead coroutine, running its pending `<close>` variables. For a
+/// coroutine killed by an error, `lua_resetthread` hands back that (already reported) error.
+unsafe fn close_thread(thread: *mut lua_State, was_suspended: bool) {
     let status = ffi::lua_resetthread(thread);
-    if status != ffi::LUA_OK {
+    if status != ffi::LUA_OK && was_suspended {
         report(&format!("error while closing a task: {}", crate::lua::lossy(thread, -1)));
     }
 }

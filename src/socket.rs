@@ -76,8 +76,6 @@ pub struct Socket {
     /// Bytes accepted by `write` and not yet taken by the kernel (`wbuf[wpos..]`).
     pub wbuf: Vec<u8>,
     pub wpos: usize,
-    /// A send failure met while flushing in the background, reported by the next write.
-    pub write_error: Option<(&'static str, String)>,
     pub eof: bool,
     /// The peer's FIN (or an error) was seen: no further edge will come, so reads go on
     /// until they meet the end of the stream.
@@ -86,11 +84,32 @@ pub struct Socket {
     /// Closed by the user but still flushing `wbuf`.
     pub closing: bool,
     pub shutdown_after_flush: bool,
+    /// Settings and states most sockets never use, allocated on first use: an idle
+    /// connection costs memory, and 10,000 of them are a normal day.
+    cold: Option<Box<Cold>>,
+}
+
+pub struct Cold {
+    /// A send failure met while flushing in the background, reported by the next write.
+    pub write_error: Option<(&'static str, String)>,
     pub linger_timer: Option<TimerKey>,
     pub timeout_ms: Option<u64>,
     pub high_water: usize,
     pub line_limit: usize,
     pub owned_path: Option<OwnedPath>,
+}
+
+impl Default for Cold {
+    fn default() -> Self {
+        Cold {
+            write_error: None,
+            linger_timer: None,
+            timeout_ms: None,
+            high_water: DEFAULT_HIGH_WATER,
+            line_limit: DEFAULT_LINE_LIMIT,
+            owned_path: None,
+        }
+    }
 }
 
 impl Socket {
@@ -107,18 +126,37 @@ impl Socket {
             rpos: 0,
             wbuf: Vec::new(),
             wpos: 0,
-            write_error: None,
             eof: false,
             read_closed: false,
             connecting: false,
             closing: false,
             shutdown_after_flush: false,
-            linger_timer: None,
-            timeout_ms: None,
-            high_water: DEFAULT_HIGH_WATER,
-            line_limit: DEFAULT_LINE_LIMIT,
-            owned_path: None,
+            cold: None,
         }
+    }
+
+    pub fn cold_mut(&mut self) -> &mut Cold {
+        self.cold.get_or_insert_with(Default::default)
+    }
+
+    pub fn write_error(&self) -> Option<&(&'static str, String)> {
+        self.cold.as_ref().and_then(|c| c.write_error.as_ref())
+    }
+
+    pub fn timeout_ms(&self) -> Option<u64> {
+        self.cold.as_ref().and_then(|c| c.timeout_ms)
+    }
+
+    pub fn high_water(&self) -> usize {
+        self.cold.as_ref().map_or(DEFAULT_HIGH_WATER, |c| c.high_water)
+    }
+
+    pub fn line_limit(&self) -> usize {
+        self.cold.as_ref().map_or(DEFAULT_LINE_LIMIT, |c| c.line_limit)
+    }
+
+    pub fn take_linger_timer(&mut self) -> Option<TimerKey> {
+        self.cold.as_mut().and_then(|c| c.linger_timer.take())
     }
 
     pub fn has_unsent(&self) -> bool {
@@ -135,18 +173,19 @@ impl Socket {
         if self.has_unsent() {
             crate::stream::flush_queued(self, reactor);
         }
-        let low_water = self.high_water / 2;
-        if self.connecting || self.unsent() <= low_water || self.write_error.is_some() {
+        let low_water = self.high_water() / 2;
+        let failed = self.write_error().is_some();
+        if self.connecting || self.unsent() <= low_water || failed {
             if let Some(w) = self.write_waiter.take() {
                 reactor.wake(w, Reason::Ready);
             }
         }
-        self.closing && (!self.has_unsent() || self.write_error.is_some())
+        self.closing && (!self.has_unsent() || failed)
     }
 
     pub fn cleanup_path(&self) {
         use std::os::unix::fs::MetadataExt;
-        if let Some(owned) = &self.owned_path {
+        if let Some(owned) = self.cold.as_ref().and_then(|c| c.owned_path.as_ref()) {
             // Only remove the file if it is still the one we bound (not a newer listener's).
             if let Ok(meta) = std::fs::metadata(&owned.path) {
                 if meta.dev() == owned.dev && meta.ino() == owned.ino {
@@ -226,10 +265,10 @@ pub fn close_socket(r: &Reactor, key: usize, generation: u32) {
         for w in [s.read_waiter.take(), s.write_waiter.take()].into_iter().flatten() {
             r.wake(w, Reason::Closed);
         }
-        if s.has_unsent() && s.write_error.is_none() {
+        if s.has_unsent() && s.write_error().is_none() {
             s.closing = true;
             let deadline = r.now_ms() + LINGER_MS;
-            s.linger_timer = Some(r.timers.borrow_mut().arm_at(deadline, Expiry::Linger { socket: key, generation }));
+            s.cold_mut().linger_timer = Some(r.timers.borrow_mut().arm_at(deadline, Expiry::Linger { socket: key, generation }));
             true
         } else {
             false
@@ -314,7 +353,7 @@ unsafe extern "C-unwind" fn set_timeout(l: *mut lua_State) -> c_int {
     lua::entry(l, || {
         let (key, generation) = handle_at(l, 1, "set_timeout")?;
         let ms = lua::opt_seconds_ms(l, 2, "set_timeout", "seconds")?;
-        match with_socket(reactor(l), key, generation, |s| s.timeout_ms = ms) {
+        match with_socket(reactor(l), key, generation, |s| s.cold_mut().timeout_ms = ms) {
             Some(()) => Ok(lua::push_true(l)),
             None => Ok(push_closed(l)),
         }
@@ -385,3 +424,4 @@ pub unsafe fn adopt(l: *mut lua_State, r: &Reactor, fd: socket2::Socket, kind: K
 pub unsafe fn kind_of(r: &Reactor, key: usize, generation: u32) -> Option<Kind> {
     with_socket(r, key, generation, |s| s.kind)
 }
+

@@ -50,7 +50,7 @@ pub unsafe fn deadline_arg(l: *mut lua_State, r: &Reactor, idx: c_int, key: usiz
     let explicit = lua::opt_seconds_ms(l, idx, func, "timeout")?;
     let ms = match explicit {
         Some(ms) => Some(ms),
-        None => with_socket(r, key, generation, |s| s.timeout_ms).flatten(),
+        None => with_socket(r, key, generation, |s| s.timeout_ms()).flatten(),
     };
     Ok(ms.map(|ms| r.now_ms().saturating_add(ms)))
 }
@@ -274,7 +274,7 @@ unsafe fn read_line_attempt(l: *mut lua_State, r: &Reactor, key: usize, generati
                 return Found::Bytes { ptr: pending.as_ptr(), len, consume: end + 1 };
             }
             scanned = pending.len();
-            if pending.len() > s.line_limit {
+            if pending.len() > s.line_limit() {
                 return Found::Fail(errors::LINE_TOO_LONG, "no newline within the socket's line limit");
             }
             if s.eof {
@@ -363,7 +363,7 @@ pub fn flush_queued(s: &mut Socket, r: &Reactor) {
             Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => s.writable = false,
             Err(e) => {
                 // Nothing queued can be delivered any more; the next write reports why.
-                s.write_error = Some(describe(&e));
+                s.cold_mut().write_error = Some(describe(&e));
                 s.wbuf.clear();
                 s.wpos = 0;
             }
@@ -386,7 +386,7 @@ pub fn flush_queued(s: &mut Socket, r: &Reactor) {
 /// Queues `data` (sending what the kernel takes at once). Returns whether the queue is
 /// now past the high-water mark, or the error that stops this socket from sending.
 fn queue(s: &mut Socket, r: &Reactor, data: &[u8]) -> Result<bool, (&'static str, String)> {
-    if let Some(err) = &s.write_error {
+    if let Some(err) = s.write_error() {
         return Err(err.clone());
     }
     let before = s.has_unsent();
@@ -397,7 +397,7 @@ fn queue(s: &mut Socket, r: &Reactor, data: &[u8]) -> Result<bool, (&'static str
             Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => s.writable = false,
             Err(e) => {
                 let err = describe(&e);
-                s.write_error = Some(err.clone());
+                s.cold_mut().write_error = Some(err.clone());
                 return Err(err);
             }
         }
@@ -412,7 +412,7 @@ fn queue(s: &mut Socket, r: &Reactor, data: &[u8]) -> Result<bool, (&'static str
         }
     }
     note_unsent(r, before, s.has_unsent());
-    Ok(s.unsent() > s.high_water)
+    Ok(s.unsent() > s.high_water())
 }
 
 unsafe extern "C-unwind" fn write(l: *mut lua_State) -> c_int {
@@ -432,7 +432,7 @@ unsafe extern "C-unwind" fn write(l: *mut lua_State) -> c_int {
 
 /// After a write passed the high-water mark: done once back under half of it.
 unsafe fn drain_attempt(l: *mut lua_State, r: &Reactor, key: usize, generation: u32) -> Result<Attempt, Raise> {
-    let state = with_socket(r, key, generation, |s| (s.write_error.clone(), s.unsent() <= s.high_water / 2));
+    let state = with_socket(r, key, generation, |s| (s.write_error().cloned(), s.unsent() <= s.high_water() / 2));
     Ok(match state {
         None => Attempt::Done(push_closed(l)),
         Some((Some((word, detail)), _)) => Attempt::Done(push_fail(l, word, &detail)),
@@ -447,7 +447,7 @@ unsafe extern "C-unwind" fn write_k(l: *mut lua_State, _status: c_int, ctx: ffi:
 }
 
 unsafe fn flush_attempt(l: *mut lua_State, r: &Reactor, key: usize, generation: u32) -> Result<Attempt, Raise> {
-    let state = with_socket(r, key, generation, |s| (s.write_error.clone(), s.has_unsent()));
+    let state = with_socket(r, key, generation, |s| (s.write_error().cloned(), s.has_unsent()));
     Ok(match state {
         None => Attempt::Done(push_closed(l)),
         Some((Some((word, detail)), _)) => Attempt::Done(push_fail(l, word, &detail)),
@@ -520,11 +520,11 @@ unsafe fn set_size(l: *mut lua_State, func: &str, apply: impl FnOnce(&mut Socket
 }
 
 unsafe extern "C-unwind" fn set_high_water(l: *mut lua_State) -> c_int {
-    lua::entry(l, || set_size(l, "set_high_water", |s, n| Ok(s.high_water = n)))
+    lua::entry(l, || set_size(l, "set_high_water", |s, n| Ok(s.cold_mut().high_water = n)))
 }
 
 unsafe extern "C-unwind" fn set_line_limit(l: *mut lua_State) -> c_int {
-    lua::entry(l, || set_size(l, "set_line_limit", |s, n| Ok(s.line_limit = n)))
+    lua::entry(l, || set_size(l, "set_line_limit", |s, n| Ok(s.cold_mut().line_limit = n)))
 }
 
 unsafe extern "C-unwind" fn set_send_buffer(l: *mut lua_State) -> c_int {
@@ -615,7 +615,7 @@ mod tests {
         let r = Reactor::new().unwrap();
         let (mut s, peer) = pair();
         s.fd.set_send_buffer_size(4096).unwrap();
-        s.high_water = 64 * 1024;
+        s.cold_mut().high_water = 64 * 1024;
         let chunk = vec![7u8; 16 * 1024];
         let mut over = false;
         for _ in 0..64 {

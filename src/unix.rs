@@ -92,7 +92,7 @@ pub unsafe extern "C-unwind" fn listen(l: *mut lua_State) -> c_int {
         };
         let r = reactor(l);
         Ok(Ret::Values(crate::listener::listen_and_adopt(l, r, socket, backlog, Kind::UnixListener, |s| {
-            s.owned_path = owned
+            s.cold_mut().owned_path = owned
         })))
     })
 }
@@ -142,7 +142,7 @@ pub unsafe extern "C-unwind" fn bind(l: *mut lua_State) -> c_int {
             Ok(o) => o,
             Err(e) => return Ok(os_fail(l, &e)),
         };
-        Ok(adopt(l, reactor(l), socket, Kind::UnixDatagram, |s| s.owned_path = owned))
+        Ok(adopt(l, reactor(l), socket, Kind::UnixDatagram, |s| s.cold_mut().owned_path = owned))
     })
 }
 
