@@ -270,6 +270,9 @@ unsafe fn read_line_attempt(l: *mut lua_State, r: &Reactor, key: usize, generati
             let pending = &s.rbuf[s.rpos..];
             if let Some(at) = pending[scanned..].iter().position(|&b| b == b'\n') {
                 let end = scanned + at;
+                if end > s.line_limit() {
+                    return Found::Fail(errors::LINE_TOO_LONG, "a line longer than the socket's line limit");
+                }
                 let len = if end > 0 && pending[end - 1] == b'\r' { end - 1 } else { end };
                 return Found::Bytes { ptr: pending.as_ptr(), len, consume: end + 1 };
             }
