@@ -212,7 +212,29 @@ end
 -- Sockets
 ---------------------------------------------------------------------------------------
 
-luanet.tcp = { listen = core.tcp_listen, connect = core.tcp_connect }
+--- Connects to the first address of `addr` that accepts: a name such as "localhost" can
+--- have several (::1 and 127.0.0.1), and a server usually listens on only one of them.
+local function tcp_connect(addr, opts)
+   local targets, err, detail = core.resolve(addr)
+   if not targets then return nil, err, detail end
+   if #targets == 1 then return core.tcp_connect(targets[1], opts) end
+   local timeout = type(opts) == "table" and opts.timeout
+   local deadline = type(timeout) == "number" and core.now() + timeout
+   for i, target in ipairs(targets) do
+      local these = opts
+      if deadline then
+         these = {}
+         for k, v in pairs(opts) do these[k] = v end
+         these.timeout = math.max(0, deadline - core.now())
+      end
+      local conn
+      conn, err, detail = core.tcp_connect(target, these)
+      if conn or err == "timeout" or i == #targets then return conn, err, detail end
+   end
+end
+
+luanet.resolve = core.resolve
+luanet.tcp = { listen = core.tcp_listen, connect = tcp_connect }
 luanet.udp = { bind = core.udp_bind, connect = core.udp_connect }
 luanet.unix = {
    listen = core.unix_listen, connect = core.unix_connect,
@@ -232,7 +254,7 @@ end
 
 function luanet.connect(addr, opts)
    if luanet.is_unix_address(addr) then return core.unix_connect(addr, opts) end
-   return core.tcp_connect(addr, opts)
+   return tcp_connect(addr, opts)
 end
 
 return luanet

@@ -94,3 +94,24 @@ mod tests {
         assert!(unix(&"x".repeat(200)).is_err());
     }
 }
+
+/// `core.resolve("host:port") -> { "ip:port", ... } | nil, "bad address", detail`:
+/// every address a name has, so `connect` can try the next when one refuses.
+pub unsafe extern "C-unwind" fn resolve(l: *mut crate::lua::lua_State) -> std::ffi::c_int {
+    use crate::lua::{self, ffi, Ret};
+    lua::entry(l, || {
+        let text = lua::check_str(l, 1, "luanet.resolve", "addr")?;
+        match resolve_inet(text) {
+            Err(detail) => Ok(lua::push_fail(l, crate::errors::BAD_ADDRESS, &detail)),
+            Ok(addrs) => {
+                let texts: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+                ffi::lua_createtable(l, texts.len() as std::ffi::c_int, 0);
+                for (i, t) in texts.iter().enumerate() {
+                    lua::push_bytes(l, t.as_bytes());
+                    ffi::lua_rawseti(l, -2, i as ffi::lua_Integer + 1);
+                }
+                Ok(Ret::Values(1))
+            }
+        }
+    })
+}

@@ -92,6 +92,7 @@ const FUNCTIONS: &[(&CStr, ffi::lua_CFunction)] = &[
     (c"suspend", task::suspend),
     (c"wake", task::wake),
     (c"report", task::report),
+    (c"resolve", address::resolve),
     (c"tcp_listen", tcp::listen),
     (c"tcp_connect", tcp::connect),
     (c"udp_bind", udp::bind),
