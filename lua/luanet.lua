@@ -215,6 +215,9 @@ end
 --- Connects to the first address of `addr` that accepts: a name such as "localhost" can
 --- have several (::1 and 127.0.0.1), and a server usually listens on only one of them.
 local function tcp_connect(addr, opts)
+   if type(addr) ~= "string" then
+      error("luanet.tcp.connect: bad argument #1 'addr' (string expected, got " .. type(addr) .. ")", 2)
+   end
    local targets, err, detail = core.resolve(addr)
    if not targets then return nil, err, detail end
    if #targets == 1 then return core.tcp_connect(targets[1], opts) end

@@ -147,6 +147,10 @@ impl Reactor {
         self.timers.borrow().now_ms()
     }
 
+    pub fn deadline_after(&self, ms: u64) -> u64 {
+        self.timers.borrow().deadline_after(ms)
+    }
+
     pub fn current_task(&self) -> Option<usize> {
         self.current.get()
     }

@@ -267,7 +267,7 @@ pub fn close_socket(r: &Reactor, key: usize, generation: u32) {
         }
         if s.has_unsent() && s.write_error().is_none() {
             s.closing = true;
-            let deadline = r.now_ms() + LINGER_MS;
+            let deadline = r.deadline_after(LINGER_MS);
             s.cold_mut().linger_timer = Some(r.timers.borrow_mut().arm_at(deadline, Expiry::Linger { socket: key, generation }));
             true
         } else {

@@ -52,7 +52,7 @@ pub unsafe fn deadline_arg(l: *mut lua_State, r: &Reactor, idx: c_int, key: usiz
         Some(ms) => Some(ms),
         None => with_socket(r, key, generation, |s| s.timeout_ms()).flatten(),
     };
-    Ok(ms.map(|ms| r.now_ms().saturating_add(ms)))
+    Ok(ms.map(|ms| r.deadline_after(ms)))
 }
 
 /// First call of a blocking operation.

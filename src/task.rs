@@ -62,7 +62,7 @@ pub unsafe extern "C-unwind" fn sleep(l: *mut lua_State) -> c_int {
                 return Err(format!("{F}: cannot block here (inside a metamethod or C function that cannot yield)"));
             }
         } else {
-            let deadline = r.now_ms().saturating_add(ms);
+            let deadline = r.deadline_after(ms);
             r.begin_wait(l, F, Some(deadline), false)?;
         }
         Ok(Ret::Yield(0, sleep_k))
@@ -120,7 +120,7 @@ pub unsafe extern "C-unwind" fn suspend(l: *mut lua_State) -> c_int {
         let what = if lua::is_none_or_nil(l, 2) { "wait" } else { lua::check_str(l, 2, "suspend", "what")? };
         let ms = lua::opt_seconds_ms(l, 1, what, "timeout")?;
         let r = reactor(l);
-        let deadline = ms.map(|ms| r.now_ms().saturating_add(ms));
+        let deadline = ms.map(|ms| r.deadline_after(ms));
         r.begin_wait(l, what, deadline, false)?;
         Ok(Ret::Yield(0, suspend_k))
     })

@@ -94,7 +94,7 @@ pub unsafe extern "C-unwind" fn connect(l: *mut lua_State) -> c_int {
             Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => true,
             Err(e) => return Ok(os_fail(l, &e)),
         };
-        let deadline = timeout.map(|ms| r.now_ms().saturating_add(ms));
+        let deadline = timeout.map(|ms| r.deadline_after(ms));
         finish_connect(l, r, socket, Kind::TcpStream, in_progress, deadline)
     })
 }

@@ -45,6 +45,14 @@ impl Timers {
         self.epoch.elapsed().as_millis() as u64
     }
 
+    /// The deadline `ms` from now. Armed from the current millisecond rounded up and fired
+    /// when the clock rounded down reaches it, so a timer never fires early.
+    pub fn deadline_after(&self, ms: u64) -> u64 {
+        let elapsed = self.epoch.elapsed();
+        let ceil = elapsed.as_millis() as u64 + u64::from(elapsed.subsec_nanos() % 1_000_000 != 0);
+        ceil.saturating_add(ms)
+    }
+
     pub fn now_seconds(&self) -> f64 {
         self.epoch.elapsed().as_secs_f64()
     }
@@ -113,6 +121,19 @@ mod tests {
         assert_eq!(t.pop_expired(29), None);
         assert_eq!(t.pop_expired(30), Some(task(3)));
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_deadline_is_never_early() {
+        let t = Timers::new();
+        for _ in 0..200 {
+            let start = Instant::now();
+            let deadline = t.deadline_after(2);
+            while t.now_ms() < deadline {
+                std::hint::spin_loop();
+            }
+            assert!(start.elapsed() >= std::time::Duration::from_millis(2), "{:?}", start.elapsed());
+        }
     }
 
     #[test]

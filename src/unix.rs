@@ -121,7 +121,7 @@ pub unsafe extern "C-unwind" fn connect(l: *mut lua_State) -> c_int {
             Err(e) => return Ok(os_fail(l, &e)),
         };
         let r = reactor(l);
-        let deadline = timeout.map(|ms| r.now_ms().saturating_add(ms));
+        let deadline = timeout.map(|ms| r.deadline_after(ms));
         crate::tcp::finish_connect(l, r, socket, Kind::UnixStream, in_progress, deadline)
     })
 }

@@ -65,7 +65,7 @@ describe("channel", function()
       assert.is_true(el >= 0.045 and el < 0.5, "send timeout took " .. el)
       assert.equals(1, #ch) -- the timed-out value was not queued
       assert.equals("x", ch:recv(0.1))
-      assert.same({ nil, "timeout" }, { ch:recv(0.01) })
+      assert.same({ nil, "timeout" }, H.two(ch:recv(0.01)))
     end)
   end)
 
@@ -88,8 +88,9 @@ describe("channel", function()
       full:send("queued")
       local results = {}
       for i = 1, 3 do
-        H.go(function() results[#results + 1] = { "recv", empty:recv(5) } end)
-        H.go(function() results[#results + 1] = { "send", full:send(i, 5) } end)
+        -- (compute the result before indexing: `t[#t + 1] = f()` takes #t before f blocks)
+        H.go(function() local r = { "recv", empty:recv(5) }; results[#results + 1] = r end)
+        H.go(function() local r = { "send", full:send(i, 5) }; results[#results + 1] = r end)
       end
       luanet.sleep(0.02)
       assert.equals(0, #results)
@@ -101,7 +102,7 @@ describe("channel", function()
       for _, r in ipairs(results) do
         assert.same({ r[1], nil, "closed" }, { r[1], r[2], r[3] })
       end
-      assert.same({ nil, "closed" }, { empty:send("late") })
+      assert.same({ nil, "closed" }, H.two(empty:send("late")))
     end)
   end)
 
@@ -110,12 +111,12 @@ describe("channel", function()
       local ch = luanet.channel(4)
       ch:send(1); ch:send(2); ch:send(3)
       ch:close()
-      assert.same({ nil, "closed" }, { ch:send(4) })
+      assert.same({ nil, "closed" }, H.two(ch:send(4)))
       assert.equals(1, ch:recv())
       assert.equals(2, ch:recv())
       assert.equals(3, ch:recv())
-      assert.same({ nil, "closed" }, { ch:recv() })
-      assert.same({ nil, "closed" }, { ch:recv(1) })
+      assert.same({ nil, "closed" }, H.two(ch:recv()))
+      assert.same({ nil, "closed" }, H.two(ch:recv(1)))
     end)
   end)
 

@@ -8,11 +8,14 @@
 --   H.go(fn, ...)          spawn a tracked task (errors captured; the watchdog waits for it).
 --   H.free_port()          a TCP port on 127.0.0.1 nobody listens on (call inside a task).
 --   H.pair([addr])         a connected TCP pair {client, server} over loopback (inside a task).
---   H.child(src, [t])      run a Lua script in a child lua5.4 (synchronously, killed after t s);
+--   H.child(src, [t], [sh]) run a Lua script in a child lua5.4 (synchronously, killed after
+--                          t s; `sh` is a shell prefix such as "ulimit -n 64;");
 --                          returns { ok, code, out, err }.
---   H.bg(src, [lang])      start a background child (lua5.4 or python3), returns { pid, kill, ... }.
+--   H.bg(src, [lang])      start a background child (lua5.4 or python3), returns { pid, kill, ... };
+--                          inside H.run it is killed and its directory removed when run ends.
 --   H.wait_for(pred, t)    poll pred() from a task every 10 ms until it is true or t s pass.
 --   H.tmpdir()             a fresh directory under /tmp (removed by H.rmdir).
+--   H.two(...)             { first, second } of a call's results (drops the detail text).
 
 local luanet = require "luanet"
 
@@ -48,7 +51,7 @@ end
 function H.run(fn, timeout)
   timeout = timeout or 10
   assert(ctx == nil, "H.run cannot nest")
-  local c = { live = 0, timeout = timeout }
+  local c = { live = 0, timeout = timeout, cleanups = {} }
   ctx = c
   local t0 = luanet.now()
   H.go(fn)
@@ -67,11 +70,12 @@ function H.run(fn, timeout)
   end)
   local ok, e = pcall(luanet.run)
   ctx = nil
+  for i = #c.cleanups, 1, -1 do pcall(c.cleanups[i]) end
   if not ok then error(e, 0) end
   if c.err then error(c.err, 0) end
   if c.timed_out then
     error(("watchdog: test still busy after %g s (%d tracked task(s) unfinished)")
-      :format(timeout, c.live), 0)
+      :format(timeout, c.live), 2)
   end
   return true
 end
@@ -154,11 +158,11 @@ end
 
 -- Run `src` in a child lua5.4 (LUA_PATH/LUA_CPATH are inherited, so it can require "luanet").
 -- Blocking: call it from the test body, not from inside a task. Killed after `t` seconds.
-function H.child(src, t)
+function H.child(src, t, shell_prefix)
   local dir = H.tmpdir()
   writefile(dir .. "/main.lua", src)
-  local ok, how, code = os.execute(("cd '%s' && timeout -s KILL %d lua5.4 main.lua >out 2>err </dev/null")
-    :format(dir, t or 10))
+  local ok, how, code = os.execute(("cd '%s' && %s timeout -s KILL %d lua5.4 main.lua >out 2>err </dev/null")
+    :format(dir, shell_prefix or "", t or 10))
   local r = { ok = ok == true, how = how, code = code,
               out = readfile(dir .. "/out"), err = readfile(dir .. "/err") }
   H.rmdir(dir)
@@ -178,7 +182,12 @@ function H.bg(src, lang)
   p:close()
   assert(pid, "could not start child")
   local o = { pid = pid, dir = dir }
-  function o.kill(sig) os.execute(("kill -%s %d 2>/dev/null"):format(sig or "KILL", pid)) end
+  -- Only signals our own child: the pid must still run the script in our directory.
+  function o.kill(sig)
+    if readfile("/proc/" .. pid .. "/cmdline"):find(dir, 1, true) then
+      os.execute(("kill -%s %d 2>/dev/null"):format(sig or "KILL", pid))
+    end
+  end
   function o.alive()
     local st = readfile("/proc/" .. pid .. "/stat")
     local state = st:match("^%d+ %b() (%a)")
@@ -186,8 +195,14 @@ function H.bg(src, lang)
   end
   function o.file(name) return readfile(dir .. "/" .. name) end
   function o.cleanup() o.kill("KILL"); H.rmdir(dir) end
+  -- also cleaned up when the current H.run ends, even if the test failed first
+  if ctx then table.insert(ctx.cleanups, o.cleanup) end
   return o
 end
+
+-- The first two results only ({ value, word }): failures also return a detail text
+-- that may change, so specs compare just { nil, word }.
+function H.two(a, b) return { a, b } end
 
 -- Assert that pcall(fn, ...) fails with a message matching every plain substring in `parts`.
 function H.raises(parts, fn, ...)

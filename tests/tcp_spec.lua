@@ -1,7 +1,7 @@
 -- TCP connections: listen/accept/connect on 127.0.0.1 and [::1], addresses, options
 -- (nodelay, keepalive, buffer sizes, local_addr, backlog, ipv6only), connect failures
--- (refused, timeout, bad address, address in use), argument errors, and 2000 concurrent
--- echo clients. Reading/writing details are in tcp_io_spec.lua.
+-- (refused, timeout, bad address, address in use, too many open files), argument errors,
+-- and 2000 concurrent echo clients. Reading/writing details are in tcp_io_spec.lua.
 
 local luanet = require "luanet"
 local H = require "helper"
@@ -34,7 +34,7 @@ describe("tcp", function()
       assert.equals(a, c:peer_addr())
       assert.is_true(c:write("hello\n"))
       assert.equals("HELLO", c:read_line(2))
-      assert.same({ nil, "closed" }, { c:read(nil, 2) })
+      assert.same({ nil, "closed" }, H.two(c:read(nil, 2)))
       assert.equals(c:local_addr(), server_peer)
       assert.truthy(server_peer:match("^127%.0%.0%.1:%d+$"))
       c:close()
@@ -196,6 +196,30 @@ describe("tcp", function()
       H.raises({ "luanet.sleep", "seconds" }, luanet.sleep, "soon")
       c:close(); s:close()
     end)
+  end)
+
+  it("running out of descriptors gives nil, 'too many open files'", function()
+    local r = H.child([[
+      local luanet = require "luanet"
+      local keep, word = {}, nil
+      luanet.run(function()
+        for _ = 1, 200 do
+          local l, w = luanet.tcp.listen("127.0.0.1:0")
+          if not l then word = w; break end
+          keep[#keep + 1] = l
+        end
+        -- closing some frees descriptors again
+        for i = 1, 5 do keep[i]:close() end
+        local l = luanet.tcp.listen("127.0.0.1:0")
+        print(("opened=%d word=%s again=%s"):format(#keep, tostring(word), tostring(l ~= nil)))
+      end)
+    ]], 10, "ulimit -n 64;")
+    assert.is_true(r.ok, "child failed: " .. r.out .. r.err)
+    local opened, word, again = r.out:match("opened=(%d+) word=(.-) again=(%a+)")
+    assert.truthy(opened, r.out .. r.err)
+    assert.is_true(tonumber(opened) < 64)
+    assert.equals("too many open files", word)
+    assert.equals("true", again)
   end)
 
   it("serves 2000 concurrent clients each echoing 3 messages", function()
