@@ -18,7 +18,11 @@
 //! the loadgen (getrusage). By default the loadgen busy-polls (epoll_wait with a zero
 //! timeout) on its own core, so its wake-up latency does not add to a round trip; its
 //! loadgen_cpu is then ~1 and loadgen_busy (wall time minus polls that found nothing)
-//! tells how much of its core it needed. --no-spin sleeps in epoll_wait instead.
+//! tells how much of its core it needed. --no-spin sleeps in epoll_wait instead;
+//! --spin-pause-us US busy-waits US microseconds after an empty poll (default 0).
+//! other_cpu is the CPU (in cores) that everything else on the machine used meanwhile
+//! (/proc/stat minus loadgen and server), steal what the hypervisor reported as stolen:
+//! both should be ~0 on a quiet machine.
 //!
 //! Hold mode:
 //!   loadgen --hold N [--seconds MAX] HOST:PORT
@@ -96,13 +100,14 @@ struct Opts {
     hold: Option<usize>,
     stall_ms: u64,
     spin: bool,
+    spin_pause_us: u64,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: loadgen [--conns N] [--seconds S] [--warmup S] [--server-pid PID]\n\
          \x20              [--open-timeout S] [--max-pending N] [--stall-ms MS]\n\
-         \x20              [--spin | --no-spin] HOST:PORT\n\
+         \x20              [--spin | --no-spin] [--spin-pause-us US] HOST:PORT\n\
          \x20      loadgen --hold N [--seconds MAX] [--open-timeout S] HOST:PORT"
     );
     std::process::exit(2)
@@ -120,6 +125,7 @@ fn parse_opts() -> Opts {
         hold: None,
         stall_ms: 1000,
         spin: true,
+        spin_pause_us: 0,
     };
     let mut addr = None;
     let mut seconds_given = false;
@@ -148,6 +154,7 @@ fn parse_opts() -> Opts {
             "--stall-ms" => o.stall_ms = val(&mut args, &a),
             "--spin" => o.spin = true,
             "--no-spin" => o.spin = false,
+            "--spin-pause-us" => o.spin_pause_us = val(&mut args, &a),
             "-h" | "--help" => usage(),
             s if s.starts_with('-') => {
                 eprintln!("loadgen: unknown option {s}");
@@ -198,6 +205,22 @@ fn cpu_of(pid: u32) -> Option<f64> {
     Some((ut + st) / if hz > 0.0 { hz } else { 100.0 })
 }
 
+/// (busy, steal) CPU seconds of the whole machine so far, from /proc/stat's "cpu" line.
+fn cpu_machine() -> Option<(f64, f64)> {
+    let s = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = s.lines().next()?;
+    let v: Vec<f64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal guest guest_nice
+    if v.len() < 8 {
+        return None;
+    }
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let hz = if hz > 0.0 { hz } else { 100.0 };
+    let busy = v[0] + v[1] + v[2] + v[5] + v[6];
+    Some((busy / hz, v[7] / hz))
+}
+
 struct Gen {
     poll: Poll,
     conns: Vec<Conn>,
@@ -212,6 +235,8 @@ struct Gen {
     now: Instant,
     /// Busy-poll (epoll_wait with a zero timeout) instead of sleeping.
     spin: bool,
+    /// Busy-wait this long after an empty poll before polling again.
+    spin_pause: Duration,
     /// Time spent in polls that returned no event (idle, whether spinning or asleep).
     idle: Duration,
 }
@@ -244,6 +269,7 @@ impl Gen {
             hold: o.hold.is_some(),
             now,
             spin: o.spin && o.hold.is_none(),
+            spin_pause: Duration::from_micros(o.spin_pause_us),
             idle: Duration::ZERO,
         })
     }
@@ -447,6 +473,15 @@ impl Gen {
         }
         self.now = Instant::now();
         if events.is_empty() {
+            if self.spin && !self.spin_pause.is_zero() {
+                // Stay on the CPU but leave the epoll instance alone for a moment: a tight
+                // epoll_wait(0) loop contends with the peer core's wake-ups on its lock.
+                let until = self.now + self.spin_pause;
+                while Instant::now() < until {
+                    std::hint::spin_loop();
+                }
+                self.now = Instant::now();
+            }
             self.idle += self.now - before;
         }
         for ev in events.iter() {
@@ -500,6 +535,7 @@ fn run_load(o: &Opts) -> io::Result<()> {
 
     // Measured window.
     let srv0 = o.server_pid.and_then(cpu_of);
+    let mach0 = cpu_machine();
     let cpu0 = cpu_self();
     let e0 = g.c.echoes;
     let idle0 = g.idle;
@@ -516,6 +552,7 @@ fn run_load(o: &Opts) -> io::Result<()> {
     let wall = t0.elapsed().as_secs_f64();
     let cpu1 = cpu_self();
     let srv1 = o.server_pid.and_then(cpu_of);
+    let mach1 = cpu_machine();
     let echoes = g.c.echoes - e0;
     let idle = (g.idle - idle0).as_secs_f64();
     let cpu_user = (cpu1.0 - cpu0.0) / wall;
@@ -544,13 +581,23 @@ fn run_load(o: &Opts) -> io::Result<()> {
     if min_c == u64::MAX {
         min_c = 0;
     }
-    let srv = match (srv0, srv1) {
-        (Some(a), Some(b)) => format!("{:.3}", (b - a) / wall),
-        _ => "na".to_string(),
+    let srv_cpu = match (srv0, srv1) {
+        (Some(a), Some(b)) => Some((b - a) / wall),
+        _ => None,
+    };
+    let srv = srv_cpu.map_or("na".to_string(), |c| format!("{c:.3}"));
+    // CPU used by anything but this loadgen and the server (other processes, kernel
+    // threads), in cores; tick-sampled, so about +-0.02. And the hypervisor's steal.
+    let (other, steal) = match (mach0, mach1) {
+        (Some(a), Some(b)) => (
+            format!("{:.3}", (b.0 - a.0) / wall - cpu - srv_cpu.unwrap_or(0.0)),
+            format!("{:.3}", (b.1 - a.1) / wall),
+        ),
+        _ => ("na".to_string(), "na".to_string()),
     };
     println!(
         "conns={} echoes_per_sec={:.0} errors={} echoes={} seconds={:.3} loadgen_busy={:.3} server_cpu={} \
-         loadgen_cpu={:.3} loadgen_user={:.3} spin={} \
+         loadgen_cpu={:.3} loadgen_user={:.3} spin={} other_cpu={} steal={} \
          open={} open_secs={:.3} connect_errors={} io_errors={} eof={} bad_echo={} stalled={} not_opened={} \
          per_conn_min={} per_conn_max={}",
         o.conns,
@@ -563,6 +610,8 @@ fn run_load(o: &Opts) -> io::Result<()> {
         cpu,
         cpu_user,
         g.spin as u8,
+        other,
+        steal,
         g.open,
         open_secs,
         g.c.connect_errors,
