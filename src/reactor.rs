@@ -20,7 +20,8 @@ use crate::lua::{ffi, lua_State, Raise};
 use crate::socket::Socket;
 use crate::timer::{Expiry, TimerKey, Timers};
 
-/// Why a suspended task was resumed; its continuation receives this as an integer.
+/// Why a suspended task was resumed. Kept on the task (not passed through the coroutine's
+/// stack) so it reaches the continuation unchanged through any user coroutines between.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(i64)]
 pub enum Reason {
@@ -29,19 +30,6 @@ pub enum Reason {
     Timeout = 2,
     /// The socket waited on was closed locally.
     Closed = 3,
-}
-
-impl Reason {
-    pub fn from_stack(l: *mut lua_State) -> Reason {
-        // The loop resumes with exactly one integer; anything else is treated as "retry".
-        let mut isnum = 0;
-        let v = unsafe { ffi::lua_tointegerx(l, -1, &mut isnum) };
-        match (isnum != 0, v) {
-            (true, 2) => Reason::Timeout,
-            (true, 3) => Reason::Closed,
-            _ => Reason::Ready,
-        }
-    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +49,8 @@ pub struct Task {
     timer: Option<TimerKey>,
     /// Whether this wait keeps the loop alive (sockets and timers do; conditions do not).
     waiting_io: bool,
+    /// Why the last wait ended.
+    reason: Reason,
 }
 
 /// A registered waiter: the task and which of its waits.
@@ -72,8 +62,8 @@ pub struct Waiter {
 
 enum Resume {
     Start(c_int),
-    Plain,
-    Reason(Reason),
+    /// After a plain `coroutine.yield` or a wait: no values passed.
+    Continue,
 }
 
 struct Wake {
@@ -151,6 +141,14 @@ impl Reactor {
         self.timers.borrow().deadline_after(ms)
     }
 
+    /// Why the running task's last wait ended (for continuations).
+    pub fn wake_reason(&self) -> Reason {
+        match self.current.get() {
+            Some(task) => self.tasks.borrow().get(task).map_or(Reason::Ready, |t| t.reason),
+            None => Reason::Ready,
+        }
+    }
+
     pub fn current_task(&self) -> Option<usize> {
         self.current.get()
     }
@@ -225,6 +223,7 @@ impl Reactor {
             wait: 0,
             timer: None,
             waiting_io: false,
+            reason: Reason::Ready,
         });
         self.ready.borrow_mut().push_back(Wake { task: key, wait: 0, how: Resume::Start(nargs) });
         key
@@ -305,6 +304,7 @@ impl Reactor {
             return false;
         }
         t.state = TaskState::Ready;
+        t.reason = reason;
         if let Some(timer) = t.timer.take() {
             self.timers.borrow_mut().cancel(timer);
         }
@@ -312,7 +312,7 @@ impl Reactor {
             t.waiting_io = false;
             self.io_waits.set(self.io_waits.get() - 1);
         }
-        self.ready.borrow_mut().push_back(Wake { task: w.task, wait: w.wait, how: Resume::Reason(reason) });
+        self.ready.borrow_mut().push_back(Wake { task: w.task, wait: w.wait, how: Resume::Continue });
         true
     }
 
@@ -443,12 +443,7 @@ impl Reactor {
             t.state = TaskState::Running;
             let nargs = match wake.how {
                 Resume::Start(n) => n,
-                Resume::Plain => 0,
-                Resume::Reason(r) => {
-                    ffi::lua_checkstack(t.thread, 1);
-                    ffi::lua_pushinteger(t.thread, r as ffi::lua_Integer);
-                    1
-                }
+                Resume::Continue => 0,
             };
             (t.thread, nargs)
         };
@@ -464,7 +459,7 @@ impl Reactor {
                     if t.state == TaskState::Running {
                         // A plain coroutine.yield() from the task body: run again next turn.
                         t.state = TaskState::Ready;
-                        self.ready.borrow_mut().push_back(Wake { task: wake.task, wait: t.wait, how: Resume::Plain });
+                        self.ready.borrow_mut().push_back(Wake { task: wake.task, wait: t.wait, how: Resume::Continue });
                     }
                 }
             }

@@ -218,8 +218,8 @@ pub unsafe fn push_handle(l: *mut lua_State, key: usize, generation: u32, kind: 
 /// Reads the handle at `idx` (a socket of any kind): (key, generation).
 pub unsafe fn handle_at(l: *mut lua_State, idx: c_int, func: &str) -> Result<(usize, u32), Raise> {
     let p = ffi::lua_touserdata(l, idx) as *const Handle;
+    // A light userdata also has an address, but its raw length is 0.
     if p.is_null()
-        || ffi::lua_type(l, idx) != ffi::LUA_TUSERDATA
         || ffi::lua_rawlen(l, idx) != std::mem::size_of::<Handle>()
         || (*p).magic != MAGIC
     {

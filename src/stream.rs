@@ -45,75 +45,81 @@ fn decode_deadline(ctx: ffi::lua_KContext) -> Option<u64> {
     (ctx > 0).then(|| ctx as u64 - 1)
 }
 
-/// The operation's deadline: the explicit timeout argument at `idx`, else the socket's default.
-pub unsafe fn deadline_arg(l: *mut lua_State, r: &Reactor, idx: c_int, key: usize, generation: u32, func: &str) -> Result<Option<u64>, Raise> {
-    let explicit = lua::opt_seconds_ms(l, idx, func, "timeout")?;
-    let ms = match explicit {
-        Some(ms) => Some(ms),
-        None => with_socket(r, key, generation, |s| s.timeout_ms()).flatten(),
-    };
-    Ok(ms.map(|ms| r.deadline_after(ms)))
+/// When a wait gives up: at first a relative timeout (the call's argument, else the
+/// socket's default, looked up only if the call has to wait); after a wait, the absolute
+/// deadline carried through the yield, so spurious wake-ups do not extend it.
+#[derive(Clone, Copy)]
+pub enum Deadline {
+    After(Option<u64>),
+    At(Option<u64>),
 }
 
 /// First call of a blocking operation.
 pub unsafe fn start(l: *mut lua_State, op: &Op, timeout_idx: c_int) -> c_int {
     lua::entry(l, || {
         let (key, generation) = handle_at(l, 1, op.name)?;
-        let r = reactor(l);
-        let deadline = deadline_arg(l, r, timeout_idx, key, generation, op.name)?;
-        drive(l, r, op, key, generation, deadline)
+        let timeout = lua::opt_seconds_ms(l, timeout_idx, op.name, "timeout")?;
+        drive(l, reactor(l), op, key, generation, Deadline::After(timeout))
     })
 }
 
-/// After a wait: the loop resumed us with a `Reason` on top of the stack.
+/// After a wait: the loop resumed us; the reason is on the task.
 pub unsafe fn resume(l: *mut lua_State, op: &Op, ctx: ffi::lua_KContext) -> c_int {
     lua::entry(l, || {
-        let reason = Reason::from_stack(l);
-        ffi::lua_pop(l, 1);
-        match reason {
+        let r = reactor(l);
+        match r.wake_reason() {
             Reason::Timeout => Ok(push_fail(l, errors::TIMEOUT, "the operation timed out")),
             Reason::Closed => Ok(push_closed(l)),
             Reason::Ready => {
                 let (key, generation) = handle_at(l, 1, op.name)?;
-                drive(l, reactor(l), op, key, generation, decode_deadline(ctx))
+                drive(l, r, op, key, generation, Deadline::At(decode_deadline(ctx)))
             }
         }
     })
 }
 
-unsafe fn drive(l: *mut lua_State, r: &Reactor, op: &Op, key: usize, generation: u32, deadline: Option<u64>) -> LuaResult {
+unsafe fn drive(l: *mut lua_State, r: &Reactor, op: &Op, key: usize, generation: u32, deadline: Deadline) -> LuaResult {
     match (op.attempt)(l, r, key, generation)? {
         Attempt::Done(ret) => Ok(ret),
         Attempt::Wait => wait(l, r, op, key, generation, deadline),
     }
 }
 
+enum NoWait {
+    Busy,
+    Expired,
+    Refused(Raise),
+}
+
 /// Registers the running task as the socket's waiter in `op.dir` and yields.
-pub unsafe fn wait(l: *mut lua_State, r: &Reactor, op: &Op, key: usize, generation: u32, deadline: Option<u64>) -> LuaResult {
-    let busy = with_socket(r, key, generation, |s| {
-        let slot = if op.dir == Dir::Read { s.read_waiter } else { s.write_waiter };
-        slot.is_some_and(|w| r.is_waiting(w))
+pub unsafe fn wait(l: *mut lua_State, r: &Reactor, op: &Op, key: usize, generation: u32, deadline: Deadline) -> LuaResult {
+    let registered = with_socket(r, key, generation, |s| {
+        let slot = if op.dir == Dir::Read { &mut s.read_waiter } else { &mut s.write_waiter };
+        if slot.is_some_and(|w| r.is_waiting(w)) {
+            return Err(NoWait::Busy);
+        }
+        let deadline = match deadline {
+            Deadline::At(at) => at,
+            Deadline::After(ms) => ms.or_else(|| s.timeout_ms()).map(|ms| r.deadline_after(ms)),
+        };
+        if deadline.is_some_and(|d| r.now_ms() >= d) {
+            return Err(NoWait::Expired);
+        }
+        let waiter = r.begin_wait(l, op.name, deadline, true).map_err(NoWait::Refused)?;
+        let slot = if op.dir == Dir::Read { &mut s.read_waiter } else { &mut s.write_waiter };
+        *slot = Some(waiter);
+        Ok(deadline)
     });
-    match busy {
-        None => return Ok(push_closed(l)),
-        Some(true) => {
+    match registered {
+        None => Ok(push_closed(l)),
+        Some(Ok(deadline)) => Ok(Ret::Yield(encode_deadline(deadline), op.k)),
+        Some(Err(NoWait::Refused(raise))) => Err(raise),
+        Some(Err(NoWait::Expired)) => Ok(push_fail(l, errors::TIMEOUT, "the operation timed out")),
+        Some(Err(NoWait::Busy)) => {
             let what = if op.dir == Dir::Read { "reading from" } else { "writing to" };
-            return Ok(push_fail(l, errors::BUSY, &format!("another task is already {what} this socket")));
+            Ok(push_fail(l, errors::BUSY, &format!("another task is already {what} this socket")))
         }
-        Some(false) => {}
     }
-    if deadline.is_some_and(|d| r.now_ms() >= d) {
-        return Ok(push_fail(l, errors::TIMEOUT, "the operation timed out"));
-    }
-    let waiter = r.begin_wait(l, op.name, deadline, true)?;
-    with_socket(r, key, generation, |s| {
-        if op.dir == Dir::Read {
-            s.read_waiter = Some(waiter);
-        } else {
-            s.write_waiter = Some(waiter);
-        }
-    });
-    Ok(Ret::Yield(encode_deadline(deadline), op.k))
 }
 
 // ---- receiving -------------------------------------------------------------------------
@@ -422,13 +428,13 @@ unsafe extern "C-unwind" fn write(l: *mut lua_State) -> c_int {
     lua::entry(l, || {
         let (key, generation) = handle_at(l, 1, "write")?;
         let data = lua::check_bytes(l, 2, "write", "data")?;
+        let timeout = lua::opt_seconds_ms(l, 3, "write", "timeout")?;
         let r = reactor(l);
-        let deadline = deadline_arg(l, r, 3, key, generation, "write")?;
         match with_socket(r, key, generation, |s| queue(s, r, data)) {
             None => Ok(push_closed(l)),
             Some(Err((word, detail))) => Ok(push_fail(l, word, &detail)),
             Some(Ok(false)) => Ok(lua::push_true(l)),
-            Some(Ok(true)) => wait(l, r, &WRITE_DRAIN, key, generation, deadline),
+            Some(Ok(true)) => wait(l, r, &WRITE_DRAIN, key, generation, Deadline::After(timeout)),
         }
     })
 }

@@ -128,9 +128,8 @@ pub unsafe extern "C-unwind" fn suspend(l: *mut lua_State) -> c_int {
 
 unsafe extern "C-unwind" fn suspend_k(l: *mut lua_State, _status: c_int, _ctx: ffi::lua_KContext) -> c_int {
     lua::entry(l, || {
-        let reason = Reason::from_stack(l);
         ffi::lua_settop(l, 0);
-        if reason == Reason::Timeout {
+        if reactor(l).wake_reason() == Reason::Timeout {
             return Ok(push_fail(l, crate::errors::TIMEOUT, "the wait timed out"));
         }
         Ok(lua::push_true(l))

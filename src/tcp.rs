@@ -121,7 +121,7 @@ pub unsafe fn finish_connect(
     let (key, generation) = handle_at(l, 1, "connect")?;
     match connect_attempt(l, r, key, generation)? {
         Attempt::Done(ret) => Ok(ret),
-        Attempt::Wait => stream::wait(l, r, &CONNECT, key, generation, deadline),
+        Attempt::Wait => stream::wait(l, r, &CONNECT, key, generation, stream::Deadline::At(deadline)),
     }
 }
 
@@ -160,8 +160,7 @@ static CONNECT: Op = Op { name: "connect", dir: Dir::Write, attempt: connect_att
 
 unsafe extern "C-unwind" fn connect_k(l: *mut lua_State, _status: c_int, ctx: ffi::lua_KContext) -> c_int {
     // A timed-out connect must not leave a half-open socket behind.
-    let reason = crate::reactor::Reason::from_stack(l);
-    if reason == crate::reactor::Reason::Timeout {
+    if reactor(l).wake_reason() == crate::reactor::Reason::Timeout {
         if let Ok((key, generation)) = handle_at(l, 1, "connect") {
             close_socket(reactor(l), key, generation);
         }
