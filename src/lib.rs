@@ -12,6 +12,7 @@
 //!   machinery every blocking socket call uses.
 //! * `listener.rs`, `datagram.rs`: accept; datagram send and receive.
 //! * `tcp.rs`, `udp.rs`, `unix.rs`: creating each kind of socket, and kind-only options.
+//! * `buffer.rs`: bytes waiting in one direction of a stream, allocated on first use.
 //! * `address.rs`, `errors.rs`: address strings; the stable error words.
 //!
 //! The core never calls `coroutine.yield` from Lua: a blocking call that would wait
@@ -21,6 +22,7 @@
 use std::ffi::{c_int, CStr};
 
 pub mod address;
+pub mod buffer;
 pub mod datagram;
 pub mod errors;
 pub mod listener;

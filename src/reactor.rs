@@ -44,8 +44,9 @@ pub struct Task {
     thread: *mut lua_State,
     reference: c_int,
     state: TaskState,
-    /// Counts waits, so a wake-up meant for an earlier wait (a timer racing an event) is ignored.
-    wait: u64,
+    /// Counts waits (wrapping), so a wake-up meant for an earlier wait (a timer racing an
+    /// event) is ignored.
+    wait: u32,
     timer: Option<TimerKey>,
     /// Whether this wait keeps the loop alive (sockets and timers do; conditions do not).
     waiting_io: bool,
@@ -53,11 +54,12 @@ pub struct Task {
     reason: Reason,
 }
 
-/// A registered waiter: the task and which of its waits.
+/// A registered waiter: the task and which of its waits. Two u32s keep the socket's
+/// hot state small.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Waiter {
-    pub task: usize,
-    pub wait: u64,
+    pub task: u32,
+    pub wait: u32,
 }
 
 enum Resume {
@@ -68,7 +70,7 @@ enum Resume {
 
 struct Wake {
     task: usize,
-    wait: u64,
+    wait: u32,
     how: Resume,
 }
 
@@ -257,8 +259,8 @@ impl Reactor {
     }
 
     /// The number the task's next wait will have (for waiter lists built in Lua).
-    pub fn next_wait(&self, task: usize) -> Option<u64> {
-        self.tasks.borrow().get(task).map(|t| t.wait + 1)
+    pub fn next_wait(&self, task: usize) -> Option<u32> {
+        self.tasks.borrow().get(task).map(|t| t.wait.wrapping_add(1))
     }
 
     /// Starts a wait for the running task. Fails (as a Lua error) outside a task or where
@@ -284,22 +286,22 @@ impl Reactor {
         let Some(t) = tasks.get_mut(task) else {
             return Err(format!("{func}: the running task is gone"));
         };
-        t.wait += 1;
+        t.wait = t.wait.wrapping_add(1);
         t.state = TaskState::Suspended;
         if let Some(deadline) = deadline_ms {
-            t.timer = Some(self.timers.borrow_mut().arm_at(deadline, Expiry::Task { task, wait: t.wait }));
+            t.timer = Some(self.timers.borrow_mut().arm_at(deadline, Expiry::Task { task: task as u32, wait: t.wait }));
         }
         if keeps_loop_alive {
             t.waiting_io = true;
             self.io_waits.set(self.io_waits.get() + 1);
         }
-        Ok(Waiter { task, wait: t.wait })
+        Ok(Waiter { task: task as u32, wait: t.wait })
     }
 
     /// Wakes `w` if it is still that wait; returns whether it did.
     pub fn wake(&self, w: Waiter, reason: Reason) -> bool {
         let mut tasks = self.tasks.borrow_mut();
-        let Some(t) = tasks.get_mut(w.task) else { return false };
+        let Some(t) = tasks.get_mut(w.task as usize) else { return false };
         if t.state != TaskState::Suspended || t.wait != w.wait {
             return false;
         }
@@ -312,13 +314,13 @@ impl Reactor {
             t.waiting_io = false;
             self.io_waits.set(self.io_waits.get() - 1);
         }
-        self.ready.borrow_mut().push_back(Wake { task: w.task, wait: w.wait, how: Resume::Continue });
+        self.ready.borrow_mut().push_back(Wake { task: w.task as usize, wait: w.wait, how: Resume::Continue });
         true
     }
 
     /// Whether `w` is a wait still in progress (so its socket slot is taken).
     pub fn is_waiting(&self, w: Waiter) -> bool {
-        matches!(self.tasks.borrow().get(w.task), Some(t) if t.state == TaskState::Suspended && t.wait == w.wait)
+        matches!(self.tasks.borrow().get(w.task as usize), Some(t) if t.state == TaskState::Suspended && t.wait == w.wait)
     }
 
     // ---- the loop ---------------------------------------------------------------------------
@@ -413,7 +415,7 @@ impl Reactor {
             match expired {
                 None => break,
                 Some(Expiry::Task { task, wait }) => {
-                    if let Some(t) = self.tasks.borrow_mut().get_mut(task) {
+                    if let Some(t) = self.tasks.borrow_mut().get_mut(task as usize) {
                         if t.wait == wait {
                             t.timer = None;
                         }

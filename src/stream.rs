@@ -168,14 +168,7 @@ unsafe fn gather(r: &Reactor, s: &mut Socket) -> Fill {
     let scratch = r.scratch();
     let fill = recv_into(s, scratch);
     if let Fill::Data(n) = fill {
-        if s.rpos > 0 && s.rpos == s.rbuf.len() {
-            s.rbuf.clear();
-            s.rpos = 0;
-        } else if s.rpos > READ_BUFFER && s.rpos * 2 > s.rbuf.len() {
-            s.rbuf.drain(..s.rpos);
-            s.rpos = 0;
-        }
-        s.rbuf.extend_from_slice(&scratch[..n]);
+        s.rbuf.get_or_insert_with(Default::default).append(&scratch[..n]);
     }
     fill
 }
@@ -203,10 +196,8 @@ unsafe fn finish(l: *mut lua_State, r: &Reactor, key: usize, generation: u32, fo
             lua::push_bytes(l, std::slice::from_raw_parts(ptr, len));
             if consume > 0 {
                 with_socket(r, key, generation, |s| {
-                    s.rpos += consume;
-                    if s.rpos == s.rbuf.len() {
-                        s.rbuf.clear();
-                        s.rpos = 0;
+                    if let Some(b) = s.rbuf.as_mut() {
+                        b.consume(consume);
                     }
                 });
             }
@@ -227,10 +218,10 @@ unsafe fn read_attempt(l: *mut lua_State, r: &Reactor, key: usize, generation: u
         Some(_) => return Err("read: bad argument #2 'n' (must be 1 or more)".into()),
     };
     let found = with_socket(r, key, generation, |s| {
-        let avail = s.rbuf.len() - s.rpos;
-        if avail > 0 {
-            let len = avail.min(want);
-            return Found::Bytes { ptr: s.rbuf[s.rpos..].as_ptr(), len, consume: len };
+        let received = s.received();
+        if !received.is_empty() {
+            let len = received.len().min(want);
+            return Found::Bytes { ptr: received.as_ptr(), len, consume: len };
         }
         if s.eof {
             return Found::Closed;
@@ -253,8 +244,8 @@ unsafe fn read_exact_attempt(l: *mut lua_State, r: &Reactor, key: usize, generat
     }
     let n = n as usize;
     let found = with_socket(r, key, generation, |s| loop {
-        if s.rbuf.len() - s.rpos >= n {
-            return Found::Bytes { ptr: s.rbuf[s.rpos..].as_ptr(), len: n, consume: n };
+        if s.received().len() >= n {
+            return Found::Bytes { ptr: s.received().as_ptr(), len: n, consume: n };
         }
         if s.eof {
             return Found::Closed;
@@ -273,7 +264,7 @@ unsafe fn read_line_attempt(l: *mut lua_State, r: &Reactor, key: usize, generati
     let found = with_socket(r, key, generation, |s| {
         let mut scanned = 0;
         loop {
-            let pending = &s.rbuf[s.rpos..];
+            let pending = s.received();
             if let Some(at) = pending[scanned..].iter().position(|&b| b == b'\n') {
                 let end = scanned + at;
                 if end > s.line_limit() {
@@ -305,12 +296,12 @@ unsafe fn read_line_attempt(l: *mut lua_State, r: &Reactor, key: usize, generati
 
 unsafe fn read_all_attempt(l: *mut lua_State, r: &Reactor, key: usize, generation: u32) -> Result<Attempt, Raise> {
     let found = with_socket(r, key, generation, |s| loop {
-        let avail = s.rbuf.len() - s.rpos;
+        let avail = s.received().len();
         if avail > MAX_GATHER {
             return Found::Fail(errors::MESSAGE_TOO_LARGE, "more than 64 MiB before the end of the stream");
         }
         if s.eof {
-            return Found::Bytes { ptr: s.rbuf[s.rpos..].as_ptr(), len: avail, consume: avail };
+            return Found::Bytes { ptr: s.received().as_ptr(), len: avail, consume: avail };
         }
         match gather(r, s) {
             Fill::Data(_) | Fill::Eof => continue,
@@ -367,27 +358,24 @@ fn note_unsent(r: &Reactor, before: bool, after: bool) {
 pub fn flush_queued(s: &mut Socket, r: &Reactor) {
     let before = s.has_unsent();
     while s.has_unsent() && s.writable {
-        match send_nosignal(s, &s.wbuf[s.wpos..]) {
-            Ok(n) => s.wpos += n,
+        let sent = send_nosignal(s, crate::buffer::data(&s.wbuf));
+        match sent {
+            Ok(n) => {
+                if let Some(b) = s.wbuf.as_mut() {
+                    b.consume(n);
+                }
+            }
             Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => s.writable = false,
             Err(e) => {
                 // Nothing queued can be delivered any more; the next write reports why.
                 s.cold_mut().write_error = Some(describe(&e));
-                s.wbuf.clear();
-                s.wpos = 0;
+                s.wbuf = None;
             }
         }
     }
-    if !s.has_unsent() {
-        s.wbuf.clear();
-        s.wpos = 0;
-        if s.shutdown_after_flush {
-            s.shutdown_after_flush = false;
-            let _ = s.fd.shutdown(std::net::Shutdown::Write);
-        }
-    } else if s.wpos > READ_BUFFER && s.wpos * 2 > s.wbuf.len() {
-        s.wbuf.drain(..s.wpos);
-        s.wpos = 0;
+    if !s.has_unsent() && s.shutdown_after_flush {
+        s.shutdown_after_flush = false;
+        let _ = s.fd.shutdown(std::net::Shutdown::Write);
     }
     note_unsent(r, before, s.has_unsent());
 }
@@ -415,7 +403,7 @@ fn queue(s: &mut Socket, r: &Reactor, data: &[u8]) -> Result<bool, (&'static str
         }
     }
     if !rest.is_empty() {
-        s.wbuf.extend_from_slice(rest);
+        s.wbuf.get_or_insert_with(Default::default).append(rest);
         if s.writable {
             flush_queued(s, r);
         }

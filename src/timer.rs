@@ -24,7 +24,7 @@ impl TimerKey {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Expiry {
     /// Wake task `task` if it is still in wait number `wait`.
-    Task { task: usize, wait: u64 },
+    Task { task: u32, wait: u32 },
     /// Give up flushing a closed socket and drop it.
     Linger { socket: usize, generation: u32 },
 }
@@ -102,7 +102,7 @@ mod tests {
     use super::*;
 
     fn task(n: usize) -> Expiry {
-        Expiry::Task { task: n, wait: 0 }
+        Expiry::Task { task: n as u32, wait: 0 }
     }
 
     #[test]
