@@ -312,7 +312,7 @@ impl Reactor {
         }
         if t.waiting_io {
             t.waiting_io = false;
-            self.io_waits.set(self.io_waits.get() - 1);
+            self.io_waits.set(self.io_waits.get().saturating_sub(1));
         }
         self.ready.borrow_mut().push_back(Wake { task: w.task as usize, wait: w.wait, how: Resume::Continue });
         true
@@ -491,7 +491,7 @@ impl Reactor {
             self.timers.borrow_mut().cancel(timer);
         }
         if removed.waiting_io {
-            self.io_waits.set(self.io_waits.get() - 1);
+            self.io_waits.set(self.io_waits.get().saturating_sub(1));
         }
         let status = ffi::lua_status(removed.thread);
         if status != ffi::LUA_OK || ffi::lua_gettop(removed.thread) > 0 {

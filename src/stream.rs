@@ -517,11 +517,17 @@ unsafe fn set_size(l: *mut lua_State, func: &str, apply: impl FnOnce(&mut Socket
 }
 
 unsafe extern "C-unwind" fn set_high_water(l: *mut lua_State) -> c_int {
-    lua::entry(l, || set_size(l, "set_high_water", |s, n| Ok(s.cold_mut().high_water = n)))
+    lua::entry(l, || set_size(l, "set_high_water", |s, n| {
+        s.cold_mut().high_water = n;
+        Ok(())
+    }))
 }
 
 unsafe extern "C-unwind" fn set_line_limit(l: *mut lua_State) -> c_int {
-    lua::entry(l, || set_size(l, "set_line_limit", |s, n| Ok(s.cold_mut().line_limit = n)))
+    lua::entry(l, || set_size(l, "set_line_limit", |s, n| {
+        s.cold_mut().line_limit = n;
+        Ok(())
+    }))
 }
 
 unsafe extern "C-unwind" fn set_send_buffer(l: *mut lua_State) -> c_int {

@@ -203,7 +203,7 @@ pub unsafe extern "C-unwind" fn set_keepalive(l: *mut lua_State) -> c_int {
             ffi::LUA_TBOOLEAN => (ffi::lua_toboolean(l, 2) != 0).then_some(None),
             ffi::LUA_TNUMBER => {
                 let s = lua::check_number(l, 2, F, "on")?;
-                if !(s >= 1.0) {
+                if s.is_nan() || s < 1.0 {
                     return Err(format!("{F}: bad argument #2 'on' (idle seconds must be 1 or more)"));
                 }
                 Some(Some(Duration::from_secs_f64(s.min(1e6))))

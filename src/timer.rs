@@ -49,7 +49,7 @@ impl Timers {
     /// when the clock rounded down reaches it, so a timer never fires early.
     pub fn deadline_after(&self, ms: u64) -> u64 {
         let elapsed = self.epoch.elapsed();
-        let ceil = elapsed.as_millis() as u64 + u64::from(elapsed.subsec_nanos() % 1_000_000 != 0);
+        let ceil = elapsed.as_millis() as u64 + u64::from(!elapsed.subsec_nanos().is_multiple_of(1_000_000));
         ceil.saturating_add(ms)
     }
 

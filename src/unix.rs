@@ -72,23 +72,32 @@ unsafe fn address(l: *mut lua_State, func: &str) -> Result<Result<(String, SockA
     Ok(crate::address::unix(text).map(|a| (text.to_string(), a)))
 }
 
+/// A Unix socket of `ty` bound to the path argument, or the failure already pushed as
+/// `nil, word, detail`.
+unsafe fn bound(l: *mut lua_State, func: &str, ty: Type) -> Result<Result<(socket2::Socket, Option<OwnedPath>), Ret>, String> {
+    let (text, addr) = match address(l, func)? {
+        Ok(a) => a,
+        Err(detail) => return Ok(Err(push_fail(l, errors::BAD_ADDRESS, &detail))),
+    };
+    let socket = match new_socket(ty) {
+        Ok(s) => s,
+        Err(e) => return Ok(Err(os_fail(l, &e))),
+    };
+    Ok(match bind_path(&socket, &addr, &text, ty) {
+        Ok(owned) => Ok((socket, owned)),
+        Err(e) => Err(os_fail(l, &e)),
+    })
+}
+
 /// `luanet.unix.listen(path, opts)`
 pub unsafe extern "C-unwind" fn listen(l: *mut lua_State) -> c_int {
     lua::entry(l, || {
         const F: &str = "luanet.unix.listen";
         lua::check_opts(l, 2, F)?;
         let backlog = lua::opts_integer(l, 2, c"backlog", F)?.unwrap_or(1024).clamp(1, i32::MAX as i64) as i32;
-        let (text, addr) = match address(l, F)? {
-            Ok(a) => a,
-            Err(detail) => return Ok(push_fail(l, errors::BAD_ADDRESS, &detail)),
-        };
-        let socket = match new_socket(Type::STREAM) {
-            Ok(s) => s,
-            Err(e) => return Ok(os_fail(l, &e)),
-        };
-        let owned = match bind_path(&socket, &addr, &text, Type::STREAM) {
-            Ok(o) => o,
-            Err(e) => return Ok(os_fail(l, &e)),
+        let (socket, owned) = match bound(l, F, Type::STREAM)? {
+            Ok(b) => b,
+            Err(failed) => return Ok(failed),
         };
         let r = reactor(l);
         Ok(Ret::Values(crate::listener::listen_and_adopt(l, r, socket, backlog, Kind::UnixListener, |s| {
@@ -130,17 +139,9 @@ pub unsafe extern "C-unwind" fn connect(l: *mut lua_State) -> c_int {
 pub unsafe extern "C-unwind" fn bind(l: *mut lua_State) -> c_int {
     lua::entry(l, || {
         const F: &str = "luanet.unix.bind";
-        let (text, addr) = match address(l, F)? {
-            Ok(a) => a,
-            Err(detail) => return Ok(push_fail(l, errors::BAD_ADDRESS, &detail)),
-        };
-        let socket = match new_socket(Type::DGRAM) {
-            Ok(s) => s,
-            Err(e) => return Ok(os_fail(l, &e)),
-        };
-        let owned = match bind_path(&socket, &addr, &text, Type::DGRAM) {
-            Ok(o) => o,
-            Err(e) => return Ok(os_fail(l, &e)),
+        let (socket, owned) = match bound(l, F, Type::DGRAM)? {
+            Ok(b) => b,
+            Err(failed) => return Ok(failed),
         };
         Ok(adopt(l, reactor(l), socket, Kind::UnixDatagram, |s| s.cold_mut().owned_path = owned))
     })
