@@ -1,8 +1,8 @@
 -- UDP echo: a server task answers every datagram; a client task sends a few and checks them.
--- usage: lua5.4 examples/udp_echo.lua [HOST:PORT]   (default 127.0.0.1:8011)
+-- usage: lua5.4 examples/udp_echo.lua [HOST:PORT]   (default 127.0.0.1:8010)
 local luanet = require "luanet"
 
-local addr = arg[1] or "127.0.0.1:8011"
+local addr = arg[1] or "127.0.0.1:8010"
 
 luanet.run(function()
    local server = assert(luanet.udp.bind(addr))
