@@ -44,8 +44,9 @@ pub struct Task {
     thread: *mut lua_State,
     reference: c_int,
     state: TaskState,
-    /// Counts waits (wrapping), so a wake-up meant for an earlier wait (a timer racing an
-    /// event) is ignored.
+    /// The number of the current (or last) wait, from a loop-wide counter: a wake-up meant
+    /// for an earlier wait (a timer racing an event, or a waiter left on a socket by a task
+    /// that ended and whose slot was reused) never matches.
     wait: u32,
     timer: Option<TimerKey>,
     /// Whether this wait keeps the loop alive (sockets and timers do; conditions do not).
@@ -95,6 +96,8 @@ pub struct Reactor {
     /// One receive buffer for every socket, allocated (and zeroed) once.
     scratch: UnsafeCell<Box<[u8]>>,
     next_generation: Cell<u32>,
+    /// Source of wait numbers (see `Task::wait`).
+    last_wait: Cell<u32>,
 }
 
 pub fn report(text: &str) {
@@ -119,6 +122,7 @@ impl Reactor {
             gc_queue: RefCell::new(Vec::new()),
             scratch: UnsafeCell::new(vec![0u8; READ_BUFFER].into_boxed_slice()),
             next_generation: Cell::new(1),
+            last_wait: Cell::new(0),
         })
     }
 
@@ -259,8 +263,10 @@ impl Reactor {
     }
 
     /// The number the task's next wait will have (for waiter lists built in Lua).
+    /// Valid until the task's next `begin_wait`, which nothing can come before when the
+    /// caller suspends right after (as `luanet.lua` does).
     pub fn next_wait(&self, task: usize) -> Option<u32> {
-        self.tasks.borrow().get(task).map(|t| t.wait.wrapping_add(1))
+        self.tasks.borrow().get(task).map(|_| self.last_wait.get().wrapping_add(1))
     }
 
     /// Starts a wait for the running task. Fails (as a Lua error) outside a task or where
@@ -286,7 +292,9 @@ impl Reactor {
         let Some(t) = tasks.get_mut(task) else {
             return Err(format!("{func}: the running task is gone"));
         };
-        t.wait = t.wait.wrapping_add(1);
+        let wait = self.last_wait.get().wrapping_add(1);
+        self.last_wait.set(wait);
+        t.wait = wait;
         t.state = TaskState::Suspended;
         if let Some(deadline) = deadline_ms {
             t.timer = Some(self.timers.borrow_mut().arm_at(deadline, Expiry::Task { task: task as u32, wait: t.wait }));
