@@ -209,6 +209,16 @@ function Channel:len()
 end
 
 ---------------------------------------------------------------------------------------
+-- Lua values as MessagePack (docs/codec.md)
+---------------------------------------------------------------------------------------
+
+luanet.pack = core.pack
+luanet.unpack = core.unpack
+luanet.array = core.array
+luanet.is_array = core.is_array
+luanet.codec_limits = core.codec_limits
+
+---------------------------------------------------------------------------------------
 -- Sockets
 ---------------------------------------------------------------------------------------
 

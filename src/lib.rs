@@ -13,6 +13,7 @@
 //! * `listener.rs`, `datagram.rs`: accept; datagram send and receive.
 //! * `tcp.rs`, `udp.rs`, `unix.rs`: creating each kind of socket, and kind-only options.
 //! * `buffer.rs`: bytes waiting in one direction of a stream, allocated on first use.
+//! * `msgpack/`: the codec: `encode.rs` walks the Lua stack, `decode.rs` checks then builds.
 //! * `address.rs`, `errors.rs`: address strings; the stable error words.
 //!
 //! The core never calls `coroutine.yield` from Lua: a blocking call that would wait
@@ -31,6 +32,7 @@ pub mod datagram;
 pub mod errors;
 pub mod listener;
 pub mod lua;
+pub mod msgpack;
 pub mod reactor;
 pub mod socket;
 pub mod stream;
@@ -98,6 +100,11 @@ const FUNCTIONS: &[(&CStr, ffi::lua_CFunction)] = &[
     (c"suspend", task::suspend),
     (c"wake", task::wake),
     (c"report", task::report),
+    (c"pack", msgpack::pack),
+    (c"unpack", msgpack::unpack),
+    (c"array", msgpack::array),
+    (c"is_array", msgpack::is_array),
+    (c"codec_limits", msgpack::codec_limits),
     (c"resolve", address::resolve),
     (c"tcp_listen", tcp::listen),
     (c"tcp_connect", tcp::connect),
@@ -130,6 +137,7 @@ unsafe fn open(l: *mut lua_State) -> c_int {
     ffi::lua_pushvalue(l, reactor_idx);
     ffi::lua_setfield(l, ffi::LUA_REGISTRYINDEX, c"luanet.reactor".as_ptr());
 
+    msgpack::register(l);
     let stream_methods: Vec<_> = stream::METHODS.iter().chain(stream::BUFFER_METHODS).copied().collect();
     let datagram_methods: Vec<_> = datagram::METHODS.iter().chain(stream::BUFFER_METHODS).copied().collect();
     socket::register_metatable(l, reactor_idx, c"luanet.listener", listener::METHODS);

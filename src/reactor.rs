@@ -98,6 +98,9 @@ pub struct Reactor {
     next_generation: Cell<u32>,
     /// Source of wait numbers (see `Task::wait`).
     last_wait: Cell<u32>,
+    pub codec: crate::msgpack::Codec,
+    /// An encode buffer kept between calls, so packing allocates only the Lua string.
+    scratch_out: RefCell<Vec<u8>>,
 }
 
 pub fn report(text: &str) {
@@ -123,6 +126,8 @@ impl Reactor {
             scratch: UnsafeCell::new(vec![0u8; READ_BUFFER].into_boxed_slice()),
             next_generation: Cell::new(1),
             last_wait: Cell::new(0),
+            codec: Default::default(),
+            scratch_out: RefCell::new(Vec::new()),
         })
     }
 
@@ -137,6 +142,18 @@ impl Reactor {
     #[allow(clippy::mut_from_ref)]
     pub unsafe fn scratch(&self) -> &mut [u8] {
         &mut *self.scratch.get()
+    }
+
+    /// Lends the encode buffer (empty); hand it back with `give_back_scratch_out`.
+    pub fn take_scratch_out(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.scratch_out.borrow_mut())
+    }
+
+    pub fn give_back_scratch_out(&self, mut out: Vec<u8>) {
+        out.clear();
+        if out.capacity() <= 1024 * 1024 {
+            *self.scratch_out.borrow_mut() = out;
+        }
     }
 
     pub fn now_ms(&self) -> u64 {
