@@ -10,6 +10,7 @@
 //! * `socket.rs`: what every socket kind shares: its state, the Lua handle, closing.
 //! * `stream.rs`: TCP and Unix streams: reads, buffered writes, and the attempt/wait/retry
 //!   machinery every blocking socket call uses.
+//! * `message.rs`: whole MessagePack values over a stream (read_message, write_message).
 //! * `listener.rs`, `datagram.rs`: accept; datagram send and receive.
 //! * `tcp.rs`, `udp.rs`, `unix.rs`: creating each kind of socket, and kind-only options.
 //! * `buffer.rs`: bytes waiting in one direction of a stream, allocated on first use.
@@ -32,6 +33,7 @@ pub mod datagram;
 pub mod errors;
 pub mod listener;
 pub mod lua;
+pub mod message;
 pub mod msgpack;
 pub mod reactor;
 pub mod socket;

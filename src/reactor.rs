@@ -55,12 +55,24 @@ pub struct Task {
     reason: Reason,
 }
 
-/// A registered waiter: the task and which of its waits. Two u32s keep the socket's
-/// hot state small.
+/// A registered waiter: the task and which of its waits. Two u32s, the first never zero
+/// (it holds the slab key plus one), so `Option<Waiter>` is 8 bytes and the socket's hot
+/// state stays within a cache line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Waiter {
-    pub task: u32,
+    task_plus_one: std::num::NonZeroU32,
     pub wait: u32,
+}
+
+impl Waiter {
+    pub fn new(task: usize, wait: u32) -> Waiter {
+        let plus_one = std::num::NonZeroU32::new((task as u32).wrapping_add(1)).unwrap_or(std::num::NonZeroU32::MAX);
+        Waiter { task_plus_one: plus_one, wait }
+    }
+
+    pub fn task(&self) -> usize {
+        self.task_plus_one.get() as usize - 1
+    }
 }
 
 enum Resume {
@@ -101,6 +113,8 @@ pub struct Reactor {
     pub codec: crate::msgpack::Codec,
     /// An encode buffer kept between calls, so packing allocates only the Lua string.
     scratch_out: RefCell<Vec<u8>>,
+    /// Corked sockets with bytes queued this turn, sent after the ready tasks ran.
+    corked: RefCell<Vec<(usize, u32)>>,
 }
 
 pub fn report(text: &str) {
@@ -128,6 +142,7 @@ impl Reactor {
             last_wait: Cell::new(0),
             codec: Default::default(),
             scratch_out: RefCell::new(Vec::new()),
+            corked: RefCell::new(Vec::new()),
         })
     }
 
@@ -225,6 +240,35 @@ impl Reactor {
         drop(removed);
     }
 
+    pub fn schedule_flush(&self, key: usize, generation: u32) {
+        self.corked.borrow_mut().push((key, generation));
+    }
+
+    /// Sends what corked sockets queued during the turn (one send per socket).
+    fn flush_corked(&self) {
+        let due = std::mem::take(&mut *self.corked.borrow_mut());
+        if due.is_empty() {
+            return;
+        }
+        let mut finished = Vec::new();
+        {
+            let mut sockets = self.sockets.borrow_mut();
+            for (key, generation) in due {
+                let Some(s) = sockets.get_mut(key) else { continue };
+                if s.generation != generation {
+                    continue;
+                }
+                s.flush_scheduled = false;
+                if s.on_writable(self) {
+                    finished.push(key);
+                }
+            }
+        }
+        for key in finished {
+            self.remove_socket(key);
+        }
+    }
+
     /// Closes sockets whose userdata was garbage collected (queued by `__gc`).
     pub fn collect_garbage(&self) {
         let queued = std::mem::take(&mut *self.gc_queue.borrow_mut());
@@ -320,13 +364,13 @@ impl Reactor {
             t.waiting_io = true;
             self.io_waits.set(self.io_waits.get() + 1);
         }
-        Ok(Waiter { task: task as u32, wait: t.wait })
+        Ok(Waiter::new(task, t.wait))
     }
 
     /// Wakes `w` if it is still that wait; returns whether it did.
     pub fn wake(&self, w: Waiter, reason: Reason) -> bool {
         let mut tasks = self.tasks.borrow_mut();
-        let Some(t) = tasks.get_mut(w.task as usize) else { return false };
+        let Some(t) = tasks.get_mut(w.task()) else { return false };
         if t.state != TaskState::Suspended || t.wait != w.wait {
             return false;
         }
@@ -339,13 +383,13 @@ impl Reactor {
             t.waiting_io = false;
             self.io_waits.set(self.io_waits.get().saturating_sub(1));
         }
-        self.ready.borrow_mut().push_back(Wake { task: w.task as usize, wait: w.wait, how: Resume::Continue });
+        self.ready.borrow_mut().push_back(Wake { task: w.task(), wait: w.wait, how: Resume::Continue });
         true
     }
 
     /// Whether `w` is a wait still in progress (so its socket slot is taken).
     pub fn is_waiting(&self, w: Waiter) -> bool {
-        matches!(self.tasks.borrow().get(w.task as usize), Some(t) if t.state == TaskState::Suspended && t.wait == w.wait)
+        matches!(self.tasks.borrow().get(w.task()), Some(t) if t.state == TaskState::Suspended && t.wait == w.wait)
     }
 
     // ---- the loop ---------------------------------------------------------------------------
@@ -378,6 +422,7 @@ impl Reactor {
                     break;
                 }
             }
+            self.flush_corked();
             self.collect_garbage();
             if self.stop_requested.get() {
                 return Ok(());
@@ -445,7 +490,7 @@ impl Reactor {
                             t.timer = None;
                         }
                     }
-                    self.wake(Waiter { task, wait }, Reason::Timeout);
+                    self.wake(Waiter::new(task as usize, wait), Reason::Timeout);
                 }
                 Some(Expiry::Linger { socket, generation }) => {
                     let still_there = matches!(self.sockets.borrow().get(socket), Some(s) if s.generation == generation);

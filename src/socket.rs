@@ -83,6 +83,10 @@ pub struct Socket {
     /// Closed by the user but still flushing `wbuf`.
     pub closing: bool,
     pub shutdown_after_flush: bool,
+    /// Writes only queue; the loop sends once at the end of the turn (`set_cork`).
+    pub corked: bool,
+    /// Already on the loop's end-of-turn flush list.
+    pub flush_scheduled: bool,
     /// Settings and states most sockets never use, allocated on first use: an idle
     /// connection costs memory, and 10,000 of them are a normal day.
     cold: Option<Box<Cold>>,
@@ -128,6 +132,8 @@ impl Socket {
             connecting: false,
             closing: false,
             shutdown_after_flush: false,
+            corked: false,
+            flush_scheduled: false,
             cold: None,
         }
     }

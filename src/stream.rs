@@ -164,7 +164,7 @@ pub fn recv_into(s: &mut Socket, buf: &mut [u8]) -> Fill {
 }
 
 /// Receives more bytes onto the end of `rbuf`.
-unsafe fn gather(r: &Reactor, s: &mut Socket) -> Fill {
+pub unsafe fn gather(r: &Reactor, s: &mut Socket) -> Fill {
     let scratch = r.scratch();
     let fill = recv_into(s, scratch);
     if let Fill::Data(n) = fill {
@@ -382,11 +382,20 @@ pub fn flush_queued(s: &mut Socket, r: &Reactor) {
 
 /// Queues `data` (sending what the kernel takes at once). Returns whether the queue is
 /// now past the high-water mark, or the error that stops this socket from sending.
-fn queue(s: &mut Socket, r: &Reactor, data: &[u8]) -> Result<bool, (&'static str, String)> {
+pub fn queue(s: &mut Socket, r: &Reactor, key: usize, data: &[u8]) -> Result<bool, (&'static str, String)> {
     if let Some(err) = s.write_error() {
         return Err(err.clone());
     }
     let before = s.has_unsent();
+    if s.corked {
+        s.wbuf.get_or_insert_with(Default::default).append(data);
+        if !s.flush_scheduled {
+            s.flush_scheduled = true;
+            r.schedule_flush(key, s.generation);
+        }
+        note_unsent(r, before, true);
+        return Ok(s.unsent() > s.high_water());
+    }
     let mut rest = data;
     if !before && s.writable {
         match send_nosignal(s, data) {
@@ -418,7 +427,7 @@ unsafe extern "C-unwind" fn write(l: *mut lua_State) -> c_int {
         let data = lua::check_bytes(l, 2, "write", "data")?;
         let timeout = lua::opt_seconds_ms(l, 3, "write", "timeout")?;
         let r = reactor(l);
-        match with_socket(r, key, generation, |s| queue(s, r, data)) {
+        match with_socket(r, key, generation, |s| queue(s, r, key, data)) {
             None => Ok(push_closed(l)),
             Some(Err((word, detail))) => Ok(push_fail(l, word, &detail)),
             Some(Ok(false)) => Ok(lua::push_true(l)),
@@ -438,7 +447,7 @@ unsafe fn drain_attempt(l: *mut lua_State, r: &Reactor, key: usize, generation: 
     })
 }
 
-static WRITE_DRAIN: Op = Op { name: "write", dir: Dir::Write, attempt: drain_attempt, k: write_k };
+pub static WRITE_DRAIN: Op = Op { name: "write", dir: Dir::Write, attempt: drain_attempt, k: write_k };
 unsafe extern "C-unwind" fn write_k(l: *mut lua_State, _status: c_int, ctx: ffi::lua_KContext) -> c_int {
     resume(l, &WRITE_DRAIN, ctx)
 }
@@ -523,6 +532,34 @@ unsafe extern "C-unwind" fn set_high_water(l: *mut lua_State) -> c_int {
     }))
 }
 
+/// `set_cork(on)`: while on, writes only queue and the loop sends everything queued once
+/// at the end of the turn: many small messages from many tasks cost one system call.
+unsafe extern "C-unwind" fn set_cork(l: *mut lua_State) -> c_int {
+    lua::entry(l, || {
+        let (key, generation) = handle_at(l, 1, "set_cork")?;
+        let on = lua::check_boolean(l, 2, "set_cork", "on")?;
+        let r = reactor(l);
+        let scheduled = with_socket(r, key, generation, |s| {
+            s.corked = on;
+            // Turning the cork off must not strand what it held.
+            if !on && s.has_unsent() && !s.flush_scheduled {
+                s.flush_scheduled = true;
+                return true;
+            }
+            false
+        });
+        match scheduled {
+            None => Ok(push_closed(l)),
+            Some(schedule) => {
+                if schedule {
+                    r.schedule_flush(key, generation);
+                }
+                Ok(lua::push_true(l))
+            }
+        }
+    })
+}
+
 unsafe extern "C-unwind" fn set_line_limit(l: *mut lua_State) -> c_int {
     lua::entry(l, || set_size(l, "set_line_limit", |s, n| {
         s.cold_mut().line_limit = n;
@@ -580,6 +617,9 @@ pub const METHODS: &[(&CStr, ffi::lua_CFunction)] = &[
     (c"shutdown", shutdown),
     (c"set_high_water", set_high_water),
     (c"set_line_limit", set_line_limit),
+    (c"set_cork", set_cork),
+    (c"read_message", crate::message::read_message),
+    (c"write_message", crate::message::write_message),
     (c"set_nodelay", crate::tcp::set_nodelay),
     (c"set_keepalive", crate::tcp::set_keepalive),
 ];
@@ -622,7 +662,7 @@ mod tests {
         let chunk = vec![7u8; 16 * 1024];
         let mut over = false;
         for _ in 0..64 {
-            over = queue(&mut s, &r, &chunk).unwrap();
+            over = queue(&mut s, &r, 0, &chunk).unwrap();
             if over {
                 break;
             }
@@ -652,9 +692,9 @@ mod tests {
         let r = Reactor::new().unwrap();
         let (mut s, peer) = pair();
         drop(peer);
-        let err = queue(&mut s, &r, b"x").unwrap_err();
+        let err = queue(&mut s, &r, 0, b"x").unwrap_err();
         assert_eq!(err.0, "broken pipe");
-        assert_eq!(queue(&mut s, &r, b"y").unwrap_err().0, "broken pipe");
+        assert_eq!(queue(&mut s, &r, 0, b"y").unwrap_err().0, "broken pipe");
     }
 
     trait ReadSome {

@@ -143,7 +143,7 @@ pub unsafe extern "C-unwind" fn wake(l: *mut lua_State) -> c_int {
         let wait = lua::check_integer(l, 2, "wake", "wait")?;
         let r = reactor(l);
         let woke = match r.task_from_id(id) {
-            Some(task) => r.wake(Waiter { task: task as u32, wait: wait as u32 }, Reason::Ready),
+            Some(task) => r.wake(Waiter::new(task, wait as u32), Reason::Ready),
             None => false,
         };
         ffi::lua_pushboolean(l, woke as c_int);

@@ -1,0 +1,106 @@
+//! Whole MessagePack values over a stream: `conn:read_message()` and
+//! `conn:write_message(v)`. The wire format of services (docs/PROTOCOL.md) is a plain
+//! sequence of such values.
+//!
+//! Reading checks before it builds: an incomplete value in the receive buffer is normal
+//! (wait for more bytes); one that is not complete within `max_size` bytes is refused, so
+//! a peer cannot make the buffer grow without bound.
+
+use std::ffi::c_int;
+
+use crate::errors;
+use crate::lua::{self, ffi, lua_State, push_fail, Raise, Ret};
+use crate::msgpack::{self, decode::{self, DecodeError}};
+use crate::reactor::Reactor;
+use crate::socket::{handle_at, push_closed, reactor, with_socket};
+use crate::stream::{blocking_op, gather, resume, start, wait, Attempt, Deadline, Dir, Fill, Op, WRITE_DRAIN};
+
+enum Next {
+    /// A complete value: its bytes in `rbuf` (valid until consumed).
+    Value(*const u8, usize),
+    Closed,
+    Wait,
+    Fail(&'static str, String),
+}
+
+unsafe fn read_message_attempt(l: *mut lua_State, r: &Reactor, key: usize, generation: u32) -> Result<Attempt, Raise> {
+    let limits = r.codec.limits.get();
+    let next = with_socket(r, key, generation, |s| loop {
+        let data = s.received();
+        if !data.is_empty() {
+            let window = &data[..data.len().min(limits.max_size)];
+            match decode::check(window, 0, &limits) {
+                Ok(end) => return Next::Value(data.as_ptr(), end),
+                Err(DecodeError::Truncated) | Err(DecodeError::Forged(_)) if window.len() < limits.max_size => {}
+                Err(DecodeError::Truncated) | Err(DecodeError::Forged(_)) => {
+                    return Next::Fail(
+                        errors::MESSAGE_TOO_LARGE,
+                        format!("no complete message within {} bytes", limits.max_size),
+                    )
+                }
+                Err(e) => return Next::Fail(msgpack::DECODE_ERROR, e.to_string()),
+            }
+        }
+        if s.eof {
+            return Next::Closed;
+        }
+        match gather(r, s) {
+            Fill::Data(_) | Fill::Eof => continue,
+            Fill::WouldBlock => return Next::Wait,
+            Fill::Failed(e) => {
+                let (word, detail) = errors::describe(&e);
+                return Next::Fail(word, detail);
+            }
+        }
+    });
+    Ok(match next {
+        None | Some(Next::Closed) => Attempt::Done(push_closed(l)),
+        Some(Next::Wait) => Attempt::Wait,
+        Some(Next::Fail(word, detail)) => Attempt::Done(push_fail(l, word, &detail)),
+        Some(Next::Value(ptr, len)) => {
+            // The bytes stay in this socket's rbuf (nothing a Lua allocation can run
+            // touches it: this socket is on our stack) until consumed below.
+            let array_mt = msgpack::push_array_mt(l);
+            decode::build(l, std::slice::from_raw_parts(ptr, len), 0, array_mt);
+            ffi::lua_remove(l, array_mt);
+            with_socket(r, key, generation, |s| {
+                if let Some(b) = s.rbuf.as_mut() {
+                    b.consume(len);
+                }
+            });
+            Attempt::Done(Ret::Values(1))
+        }
+    })
+}
+
+blocking_op!(READ_MESSAGE, read_message_start, read_message_k, "read_message", Dir::Read, read_message_attempt, 2);
+
+/// `conn:read_message([timeout]) -> value | nil, word, detail`
+pub unsafe extern "C-unwind" fn read_message(l: *mut lua_State) -> c_int {
+    read_message_start(l)
+}
+
+/// `conn:write_message(value, [timeout]) -> true | nil, word, detail`: encodes `value`
+/// straight into the send queue (no Lua string in between); blocks like `write` past the
+/// high-water mark.
+pub unsafe extern "C-unwind" fn write_message(l: *mut lua_State) -> c_int {
+    lua::entry(l, || {
+        let (key, generation) = handle_at(l, 1, "write_message")?;
+        let timeout = lua::opt_seconds_ms(l, 3, "write_message", "timeout")?;
+        let r = reactor(l);
+        let limits = r.codec.limits.get();
+        let mut out = r.take_scratch_out();
+        if let Err(detail) = msgpack::encode_into(l, 2, &mut out, &limits, "value") {
+            r.give_back_scratch_out(out);
+            return Ok(push_fail(l, msgpack::ENCODE_ERROR, &detail));
+        }
+        let queued = with_socket(r, key, generation, |s| crate::stream::queue(s, r, key, &out));
+        r.give_back_scratch_out(out);
+        match queued {
+            None => Ok(push_closed(l)),
+            Some(Err((word, detail))) => Ok(push_fail(l, word, &detail)),
+            Some(Ok(false)) => Ok(lua::push_true(l)),
+            Some(Ok(true)) => wait(l, r, &WRITE_DRAIN, key, generation, Deadline::After(timeout)),
+        }
+    })
+}
