@@ -104,3 +104,42 @@ pub unsafe extern "C-unwind" fn write_message(l: *mut lua_State) -> c_int {
         }
     })
 }
+
+/// `conn:write_array(...) -> true | nil, word, detail`: sends its arguments as one
+/// MessagePack array, nils included, with no Lua table in between (the shape of every
+/// MessagePack-RPC message). Blocks like `write` past the high-water mark.
+pub unsafe extern "C-unwind" fn write_array(l: *mut lua_State) -> c_int {
+    lua::entry(l, || {
+        let (key, generation) = handle_at(l, 1, "write_array")?;
+        let count = ffi::lua_gettop(l) - 1;
+        let r = reactor(l);
+        let limits = r.codec.limits.get();
+        let mut out = r.take_scratch_out();
+        let array_mt = msgpack::push_array_mt(l);
+        let mut encoder = msgpack::encode::Encoder::new(l, &mut out, &limits, array_mt);
+        encoder.array_header(count as usize);
+        let mut failed = None;
+        for i in 0..count {
+            if let Err(e) = encoder.value(2 + i) {
+                failed = Some(e.describe(&format!("argument #{}", i + 1)));
+                break;
+            }
+        }
+        ffi::lua_settop(l, count + 1);
+        if let Some(detail) = failed {
+            r.give_back_scratch_out(out);
+            return Ok(push_fail(l, msgpack::ENCODE_ERROR, &detail));
+        }
+        let queued = with_socket(r, key, generation, |s| crate::stream::queue(s, r, key, &out));
+        r.give_back_scratch_out(out);
+        match queued {
+            None => Ok(push_closed(l)),
+            Some(Err((word, detail))) => Ok(push_fail(l, word, &detail)),
+            Some(Ok(false)) => Ok(lua::push_true(l)),
+            Some(Ok(true)) => {
+                ffi::lua_settop(l, 1);
+                wait(l, r, &WRITE_DRAIN, key, generation, Deadline::After(None))
+            }
+        }
+    })
+}

@@ -620,6 +620,7 @@ pub const METHODS: &[(&CStr, ffi::lua_CFunction)] = &[
     (c"set_cork", set_cork),
     (c"read_message", crate::message::read_message),
     (c"write_message", crate::message::write_message),
+    (c"write_array", crate::message::write_array),
     (c"set_nodelay", crate::tcp::set_nodelay),
     (c"set_keepalive", crate::tcp::set_keepalive),
 ];

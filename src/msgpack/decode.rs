@@ -213,9 +213,16 @@ unsafe fn build_value(l: *mut lua_State, c: &mut Cursor, array_mt: c_int) {
         }
         Item::Array(n) => {
             ffi::lua_createtable(l, n as c_int, 0);
+            let mut holes = false;
             for i in 1..=n {
                 build_value(l, c, array_mt);
+                holes |= ffi::lua_type(l, -1) == ffi::LUA_TNIL;
                 ffi::lua_rawseti(l, -2, i as ffi::lua_Integer);
+            }
+            if holes {
+                // `#t` is unreliable with nils inside: give the length as `t.n`.
+                ffi::lua_pushinteger(l, n as ffi::lua_Integer);
+                ffi::lua_setfield(l, -2, c"n".as_ptr());
             }
             ffi::lua_pushvalue(l, array_mt);
             ffi::lua_setmetatable(l, -2);

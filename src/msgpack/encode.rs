@@ -156,6 +156,11 @@ impl<'a> Encoder<'a> {
         out.extend_from_slice(s);
     }
 
+    /// Appends an array header for `n` elements (the caller appends the elements).
+    pub fn array_header(&mut self, n: usize) {
+        self.header(n, 0x90, 0xdc, 0xdd);
+    }
+
     fn header(&mut self, n: usize, fix: u8, b16: u8, b32: u8) {
         let out = &mut *self.out;
         if n < 16 {
@@ -191,8 +196,9 @@ impl<'a> Encoder<'a> {
     }
 
     /// A sequence 1..n with nothing else is an array; a table carrying the array
-    /// metatable is an array of its raw length; anything else (the empty table included)
-    /// is a map.
+    /// metatable is an array of length `t.n` when that is an integer (the `table.pack`
+    /// convention, exact with holes), else of its raw length; anything else (the empty
+    /// table included) is a map.
     unsafe fn shape(&mut self, idx: c_int) -> Shape {
         let l = self.l;
         let n = ffi::lua_rawlen(l, idx);
@@ -200,7 +206,13 @@ impl<'a> Encoder<'a> {
             let forced = ffi::lua_rawequal(l, -1, self.array_mt) != 0;
             ffi::lua_pop(l, 1);
             if forced {
-                return Shape::Array(n);
+                ffi::lua_pushstring(l, c"n".as_ptr());
+                ffi::lua_rawget(l, idx);
+                let mut isint = 0;
+                let declared = ffi::lua_tointegerx(l, -1, &mut isint);
+                let declared = (ffi::lua_isinteger(l, -1) != 0 && isint != 0 && declared >= 0).then_some(declared as usize);
+                ffi::lua_pop(l, 1);
+                return Shape::Array(declared.unwrap_or(n));
             }
         }
         let mut count = 0usize;
