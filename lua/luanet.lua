@@ -270,4 +270,7 @@ function luanet.connect(addr, opts)
    return tcp_connect(addr, opts)
 end
 
+-- Services, RPC and messages (docs/services.md).
+require("luanet.service")(luanet)
+
 return luanet

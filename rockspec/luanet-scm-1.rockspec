@@ -25,6 +25,7 @@ build = {
       },
       lua = {
          ["luanet"] = "lua/luanet.lua",
+         ["luanet.service"] = "lua/luanet/service.lua",
       },
    },
 }

@@ -1,0 +1,399 @@
+-- Services that talk in Lua tables: StartLocalService, RegRPCFunction, RPCCall, SendMsg,
+-- GetMsg (the original luanet's names). The wire is MessagePack-RPC (docs/PROTOCOL.md);
+-- the API is in docs/services.md.
+--
+-- One connection per pair of peers, used both ways: a caller that is not a service gets
+-- replies and messages over the connection it opened. Each connection has one reader task
+-- that dispatches what arrives: responses wake the waiting caller, requests start a
+-- handler task, notifications carry messages and luanet's own hello.
+
+local core = require "luanet.core"
+
+return function(luanet)
+
+local REQUEST, RESPONSE, NOTIFY = 0, 1, 2
+local unpack = table.unpack
+
+local config = {
+   call_timeout = 5,          -- seconds, per call unless overridden
+   connect_timeout = 5,
+   inbox = 1024,              -- messages waiting for GetMsg before senders are held back
+   outbox = 1024 * 1024,      -- bytes queued to one peer before its senders block
+   max_handlers = 10000,      -- requests being handled at once before "overloaded"
+}
+
+local self_name               -- this process's service name, once started
+local handlers = {}           -- fname -> function
+local peers = {}              -- address or name -> peer
+local inbox                   -- created on first use
+local active_handlers = 0
+local next_conn = 0
+
+local function fail(word, detail) return nil, word, detail end
+
+---------------------------------------------------------------------------------------
+-- Options: the last argument of RPCCall may be luanet.call_options{...}
+---------------------------------------------------------------------------------------
+
+local Options = {}
+
+function luanet.call_options(t)
+   if type(t) ~= "table" then
+      error("luanet.call_options: bad argument #1 'opts' (table expected, got " .. type(t) .. ")", 2)
+   end
+   if t.timeout ~= nil and (type(t.timeout) ~= "number" or t.timeout < 0) then
+      error("luanet.call_options: 'timeout' must be a number of seconds, 0 or more", 2)
+   end
+   return setmetatable(t, Options)
+end
+
+function luanet.configure(t)
+   for k, v in pairs(t) do
+      if config[k] == nil then error("luanet.configure: unknown setting '" .. tostring(k) .. "'", 2) end
+      if type(v) ~= "number" or v <= 0 then
+         error("luanet.configure: '" .. k .. "' must be a positive number", 2)
+      end
+      config[k] = v
+   end
+   local copy = {}
+   for k, v in pairs(config) do copy[k] = v end
+   return copy
+end
+
+---------------------------------------------------------------------------------------
+-- Peers
+---------------------------------------------------------------------------------------
+
+local function new_peer(conn, key)
+   local peer = {
+      conn = conn, key = key, name = nil, alive = true,
+      pending = {}, next_id = 0, drained = luanet.cond(), draining = false,
+   }
+   conn:set_cork(true)                -- many calls in flight, one send per loop turn
+   conn:set_high_water(1 << 40)       -- this layer bounds the outbox itself (config.outbox)
+   peers[key] = peer
+   return peer
+end
+
+-- The connection is gone: every call waiting on it fails now, not at its timeout.
+local function lose(peer, why)
+   if not peer.alive then return end
+   peer.alive = false
+   if peers[peer.key] == peer then peers[peer.key] = nil end
+   if peer.name and peers[peer.name] == peer then peers[peer.name] = nil end
+   peer.conn:close()
+   for msgid, w in pairs(peer.pending) do
+      peer.pending[msgid] = nil
+      w.lost = why or "closed"
+      core.wake(w.id, w.wait)
+   end
+   peer.drained:broadcast()
+end
+
+-- Holds the sending task while the peer's outbox is over its limit.
+local function make_room(peer, deadline)
+   while peer.alive and peer.conn:buffered() > config.outbox do
+      if not peer.draining then
+         peer.draining = true
+         luanet.spawn(function()
+            peer.conn:flush()
+            peer.draining = false
+            peer.drained:broadcast()
+         end)
+      end
+      local ok = peer.drained:wait(deadline and math.max(0, deadline - core.now()), "luanet send")
+      if not ok then return fail("timeout", "the peer is not reading fast enough") end
+   end
+   if not peer.alive then return fail("connection lost", "the connection closed") end
+   return true
+end
+
+local function respond(peer, msgid, err, result)
+   if peer.alive then peer.conn:write_array(RESPONSE, msgid, err, result) end
+end
+
+local function run_handler(peer, msgid, handler, params)
+   local ok, result = pcall(handler, unpack(params, 1, params.n or #params))
+   active_handlers = active_handlers - 1
+   if ok then
+      local sent, word, detail = true
+      if peer.alive then sent, word, detail = peer.conn:write_array(RESPONSE, msgid, nil, result) end
+      if not sent and word == "encode error" then
+         respond(peer, msgid, luanet.array { "encode error", "the result: " .. tostring(detail) }, nil)
+      end
+   else
+      respond(peer, msgid, luanet.array { "remote error", tostring(result) }, nil)
+   end
+end
+
+local function on_request(peer, msgid, method, params)
+   if math.type(msgid) ~= "integer" or type(method) ~= "string" or type(params) ~= "table" then
+      return false
+   end
+   local handler = handlers[method]
+   if not handler then
+      respond(peer, msgid, luanet.array { "no such function",
+         ("%s has no function '%s'"):format(self_name or "this process", method) }, nil)
+   elseif active_handlers >= config.max_handlers then
+      respond(peer, msgid, luanet.array { "overloaded",
+         ("%d requests are being handled already"):format(active_handlers) }, nil)
+   else
+      active_handlers = active_handlers + 1
+      luanet.spawn(run_handler, peer, msgid, handler, params)
+   end
+   return true
+end
+
+local function on_response(peer, msgid, err, result)
+   local w = peer.pending[msgid]
+   if not w then return true end        -- a late reply to a call that timed out
+   peer.pending[msgid] = nil
+   w.err, w.result = err, result
+   core.wake(w.id, w.wait)
+   return true
+end
+
+local function get_inbox()
+   inbox = inbox or luanet.channel(config.inbox)
+   return inbox
+end
+
+local function on_notify(peer, method, params)
+   if type(params) ~= "table" then return false end
+   if method == "luanet.msg" then
+      -- Blocks this reader while the inbox is full: the peer's sends back up to its own
+      -- outbox limit and hold its sending tasks (memory stays bounded end to end).
+      get_inbox():send({ params[2], peer.name or peer.key })
+   elseif method == "luanet.hello" then
+      local name = params[1]
+      if type(name) == "string" and name ~= "" and peer.name == nil then
+         peer.name = name
+         if not peers[name] or not peers[name].alive then peers[name] = peer end
+      end
+   end
+   return true
+end
+
+local function reader(peer)
+   local conn = peer.conn
+   while peer.alive do
+      local m, word, detail = conn:read_message()
+      if m == nil then
+         if word ~= "closed" and word ~= "connection reset" then
+            core.report(("connection %s: %s (%s)"):format(peer.name or peer.key, word, tostring(detail)))
+         end
+         return lose(peer, word)
+      end
+      local kind, ok = type(m) == "table" and m[1], false
+      if kind == RESPONSE then ok = on_response(peer, m[2], m[3], m[4])
+      elseif kind == REQUEST then ok = on_request(peer, m[2], m[3], m[4])
+      elseif kind == NOTIFY then ok = on_notify(peer, m[2], m[3])
+      end
+      if not ok then
+         core.report(("connection %s: not a MessagePack-RPC message; closing it"):format(peer.name or peer.key))
+         return lose(peer, "protocol error")
+      end
+   end
+end
+
+local function greet(peer)
+   peer.conn:write_array(NOTIFY, "luanet.hello", luanet.array { self_name or "" })
+end
+
+---------------------------------------------------------------------------------------
+-- Finding a peer: an address connects (one connect shared by concurrent callers); a name
+-- is a peer that introduced itself (the name service will resolve the rest).
+---------------------------------------------------------------------------------------
+
+local connecting = {}            -- key -> cond of callers waiting for that connect
+
+-- "tcp://host:port", "unix:/path", or a bare "host:port" / "/path" / "@name"; anything
+-- else is a service name.
+local function address_of(target)
+   if target:sub(1, 6) == "tcp://" then return target:sub(7), "tcp" end
+   if target:sub(1, 5) == "unix:" then return target:sub(6), "unix" end
+   local first = target:sub(1, 1)
+   if first == "/" or first == "@" or target:sub(1, 2) == "./" then return target, "unix" end
+   if target:match("^%[?[%w%.:%-]+%]?:%d+$") then return target, "tcp" end
+   return nil
+end
+
+local function get_peer(target, deadline)
+   local peer = peers[target]
+   if peer and peer.alive then return peer end
+   local addr, kind = address_of(target)
+   if not addr then
+      return fail("no such service", ("no service is known as '%s'"):format(target))
+   end
+   local waiting = connecting[target]
+   if waiting then
+      local ok = waiting:wait(deadline and math.max(0, deadline - core.now()), "RPCCall")
+      if not ok then return fail("timeout", "connecting to " .. target) end
+      peer = peers[target]
+      if peer and peer.alive then return peer end
+      return fail("no such service", "could not connect to " .. target)
+   end
+   waiting = luanet.cond()
+   connecting[target] = waiting
+   local timeout = math.min(config.connect_timeout, deadline and math.max(0, deadline - core.now()) or math.huge)
+   local conn, word, detail
+   if kind == "tcp" then
+      conn, word, detail = luanet.tcp.connect(addr, { timeout = timeout })
+   else
+      conn, word, detail = luanet.unix.connect(addr, { timeout = timeout })
+   end
+   connecting[target] = nil
+   if conn then
+      peer = new_peer(conn, target)
+      greet(peer)
+      luanet.spawn(reader, peer)
+   end
+   waiting:broadcast()
+   if not conn then
+      if word == "timeout" then return fail("timeout", "connecting to " .. target) end
+      return fail("no such service", ("%s: %s"):format(target, word))
+   end
+   return peer
+end
+
+---------------------------------------------------------------------------------------
+-- The public calls
+---------------------------------------------------------------------------------------
+
+--- StartLocalService(name, addr, [opts]) -> true | nil, word, detail
+function luanet.StartLocalService(name, addr, opts)
+   if type(name) ~= "string" or name == "" then
+      error("StartLocalService: bad argument #1 'name' (a non-empty string expected)", 2)
+   end
+   if type(addr) ~= "string" then
+      error("StartLocalService: bad argument #2 'addr' (string expected, got " .. type(addr) .. ")", 2)
+   end
+   if self_name then
+      error("StartLocalService: this process is already the service '" .. self_name .. "'", 2)
+   end
+   local listen_addr, kind = address_of(addr)
+   listen_addr = listen_addr or addr
+   local listener, word, detail
+   if kind == "unix" or (not kind and luanet.is_unix_address(addr)) then
+      listener, word, detail = luanet.unix.listen(listen_addr, opts)
+   else
+      listener, word, detail = luanet.tcp.listen(listen_addr, opts)
+   end
+   if not listener then return fail(word, detail) end
+   self_name = name
+   luanet.spawn(function()
+      while true do
+         local conn, aerr = listener:accept()
+         if conn then
+            next_conn = next_conn + 1
+            local peer = new_peer(conn, "conn:" .. next_conn)
+            greet(peer)
+            luanet.spawn(reader, peer)
+         elseif aerr == "closed" then
+            return
+         else
+            core.report("StartLocalService: accept failed: " .. tostring(aerr))
+            luanet.sleep(0.05)
+         end
+      end
+   end)
+   luanet.service_listener = listener
+   return true
+end
+
+--- RegRPCFunction(fname, handler): handler(args...) runs in its own task; its first
+--- result is the reply, an error it raises reaches the caller as "remote error".
+function luanet.RegRPCFunction(fname, handler)
+   if type(fname) ~= "string" or fname == "" then
+      error("RegRPCFunction: bad argument #1 'fname' (a non-empty string expected)", 2)
+   end
+   if type(handler) ~= "function" then
+      error("RegRPCFunction: bad argument #2 'handler' (function expected, got " .. type(handler) .. ")", 2)
+   end
+   handlers[fname] = handler
+end
+
+local ERROR_WORDS = {
+   ["no such function"] = true, ["remote error"] = true, ["overloaded"] = true,
+   ["encode error"] = true,
+}
+
+--- RPCCall(target, fname, args..., [luanet.call_options{timeout = s}]) -> result | nil, word, detail
+function luanet.RPCCall(target, fname, ...)
+   if type(target) ~= "string" then
+      error("RPCCall: bad argument #1 'target' (string expected, got " .. type(target) .. ")", 2)
+   end
+   if type(fname) ~= "string" then
+      error("RPCCall: bad argument #2 'fname' (string expected, got " .. type(fname) .. ")", 2)
+   end
+   local args = luanet.array(table.pack(...))
+   local timeout = config.call_timeout
+   local last = args[args.n]
+   if args.n > 0 and getmetatable(last) == Options then
+      timeout = last.timeout or timeout
+      args[args.n] = nil
+      args.n = args.n - 1
+   end
+   local deadline = core.now() + timeout
+   local peer, word, detail = get_peer(target, deadline)
+   if not peer then return nil, word, detail end
+   local ok
+   ok, word, detail = make_room(peer, deadline)
+   if not ok then return nil, word, detail end
+   peer.next_id = (peer.next_id + 1) & 0xffffffff
+   local msgid = peer.next_id
+   ok, word, detail = peer.conn:write_array(REQUEST, msgid, fname, args)
+   if not ok then
+      if word == "encode error" then return fail("encode error", (detail:gsub("argument #4", "args", 1))) end
+      lose(peer, word)
+      return fail("connection lost", tostring(detail))
+   end
+   local id, wait = core.prepare_wait("RPCCall")
+   local w = { id = id, wait = wait }
+   peer.pending[msgid] = w
+   ok = core.suspend(math.max(0, deadline - core.now()), "RPCCall")
+   if not ok then
+      peer.pending[msgid] = nil
+      return fail("timeout", ("%s.%s did not answer within %g s"):format(target, fname, timeout))
+   end
+   if w.lost then return fail("connection lost", ("%s: %s"):format(target, w.lost)) end
+   local err = w.err
+   if err ~= nil then
+      if type(err) == "table" and ERROR_WORDS[err[1]] then return fail(err[1], err[2]) end
+      return fail("remote error", tostring(type(err) == "table" and (err[2] or err[1]) or err))
+   end
+   return w.result
+end
+
+--- SendMsg(target, msg) -> true | nil, word, detail
+function luanet.SendMsg(target, msg)
+   if type(target) ~= "string" then
+      error("SendMsg: bad argument #1 'target' (string expected, got " .. type(target) .. ")", 2)
+   end
+   if msg == nil then error("SendMsg: bad argument #2 'msg' (any value but nil expected)", 2) end
+   local deadline = core.now() + config.call_timeout
+   local peer, word, detail = get_peer(target, deadline)
+   if not peer then return nil, word, detail end
+   local ok
+   ok, word, detail = make_room(peer, deadline)
+   if not ok then return nil, word, detail end
+   ok, word, detail = peer.conn:write_array(NOTIFY, "luanet.msg", luanet.array { self_name or "", msg })
+   if not ok then
+      if word == "encode error" then return fail("encode error", (detail:gsub("argument #3%[2%]", "msg", 1))) end
+      lose(peer, word)
+      return fail("connection lost", tostring(detail))
+   end
+   return true
+end
+
+--- GetMsg([timeout]) -> msg, sender | nil, "timeout"
+function luanet.GetMsg(timeout)
+   local item, err = get_inbox():recv(timeout)
+   if not item then return nil, err end
+   return item[1], item[2]
+end
+
+--- The name this process serves as, or nil.
+function luanet.service_name() return self_name end
+
+end
