@@ -52,15 +52,6 @@ pub unsafe fn encode_into(l: *mut lua_State, idx: c_int, out: &mut Vec<u8>, limi
     outcome.map_err(|e| e.describe(root))
 }
 
-/// Checks and pushes the value at `pos`; returns where it ends.
-pub unsafe fn decode_one(l: *mut lua_State, bytes: &[u8], pos: usize, limits: &Limits) -> Result<usize, decode::DecodeError> {
-    decode::check(bytes, pos, limits)?;
-    let array_mt = push_array_mt(l);
-    let end = decode::build(l, bytes, pos, array_mt);
-    ffi::lua_remove(l, array_mt);
-    Ok(end)
-}
-
 unsafe fn limits_from(l: *mut lua_State, idx: c_int, func: &str, base: Limits) -> Result<Limits, String> {
     lua::check_opts(l, idx, func)?;
     let mut limits = base;
@@ -103,13 +94,18 @@ pub unsafe extern "C-unwind" fn unpack(l: *mut lua_State) -> c_int {
     lua::entry(l, || {
         let bytes = lua::check_bytes(l, 1, "luanet.unpack", "bytes")?;
         let limits = limits_from(l, 2, "luanet.unpack", reactor(l).codec.limits.get())?;
-        match decode_one(l, bytes, 0, &limits) {
+        // Everything, leftover bytes included, is refused before any Lua value is built.
+        match decode::check(bytes, 0, &limits) {
             Err(e) => Ok(push_fail(l, DECODE_ERROR, &e.to_string())),
             Ok(end) if end != bytes.len() => {
-                ffi::lua_pop(l, 1);
                 Ok(push_fail(l, DECODE_ERROR, &decode::DecodeError::Trailing(bytes.len() - end).to_string()))
             }
-            Ok(_) => Ok(Ret::Values(1)),
+            Ok(_) => {
+                let array_mt = push_array_mt(l);
+                decode::build(l, bytes, 0, array_mt);
+                ffi::lua_remove(l, array_mt);
+                Ok(Ret::Values(1))
+            }
         }
     })
 }
