@@ -24,6 +24,18 @@ enum Next {
 }
 
 unsafe fn read_message_attempt(l: *mut lua_State, r: &Reactor, key: usize, generation: u32) -> Result<Attempt, Raise> {
+    read_attempt(l, r, key, generation, false)
+}
+
+unsafe fn read_array_attempt(l: *mut lua_State, r: &Reactor, key: usize, generation: u32) -> Result<Attempt, Raise> {
+    read_attempt(l, r, key, generation, true)
+}
+
+/// The elements of an array message are pushed as values of their own (count first),
+/// so a MessagePack-RPC envelope costs no Lua table.
+const MAX_SPREAD: usize = 64;
+
+unsafe fn read_attempt(l: *mut lua_State, r: &Reactor, key: usize, generation: u32, spread: bool) -> Result<Attempt, Raise> {
     let limits = r.codec.limits.get();
     let next = with_socket(r, key, generation, |s| loop {
         let data = s.received();
@@ -60,15 +72,38 @@ unsafe fn read_message_attempt(l: *mut lua_State, r: &Reactor, key: usize, gener
         Some(Next::Value(ptr, len)) => {
             // The bytes stay in this socket's rbuf (nothing a Lua allocation can run
             // touches it: this socket is on our stack) until consumed below.
+            let bytes = std::slice::from_raw_parts(ptr, len);
             let array_mt = msgpack::push_array_mt(l);
-            decode::build(l, std::slice::from_raw_parts(ptr, len), 0, array_mt);
+            let pushed = if spread {
+                match decode::array_len(bytes) {
+                    Some((n, mut pos)) if n <= MAX_SPREAD => {
+                        ffi::lua_checkstack(l, n as c_int + 2);
+                        ffi::lua_pushinteger(l, n as ffi::lua_Integer);
+                        for _ in 0..n {
+                            pos = decode::build(l, bytes, pos, array_mt);
+                        }
+                        Some(n as c_int + 1)
+                    }
+                    _ => None,
+                }
+            } else {
+                decode::build(l, bytes, 0, array_mt);
+                Some(1)
+            };
             ffi::lua_remove(l, array_mt);
             with_socket(r, key, generation, |s| {
                 if let Some(b) = s.rbuf.as_mut() {
                     b.consume(len);
                 }
             });
-            Attempt::Done(Ret::Values(1))
+            match pushed {
+                Some(n) => Attempt::Done(Ret::Values(n)),
+                None => Attempt::Done(push_fail(
+                    l,
+                    msgpack::DECODE_ERROR,
+                    &format!("expected an array of at most {MAX_SPREAD} elements"),
+                )),
+            }
         }
     })
 }
@@ -78,6 +113,14 @@ blocking_op!(READ_MESSAGE, read_message_start, read_message_k, "read_message", D
 /// `conn:read_message([timeout]) -> value | nil, word, detail`
 pub unsafe extern "C-unwind" fn read_message(l: *mut lua_State) -> c_int {
     read_message_start(l)
+}
+
+blocking_op!(READ_ARRAY, read_array_start, read_array_k, "read_array", Dir::Read, read_array_attempt, 2);
+
+/// `conn:read_array([timeout]) -> n, v1, ..., vn | nil, word, detail`: one message that
+/// must be an array (of at most 64 elements), its elements returned as values.
+pub unsafe extern "C-unwind" fn read_array(l: *mut lua_State) -> c_int {
+    read_array_start(l)
 }
 
 /// `conn:write_message(value, [timeout]) -> true | nil, word, detail`: encodes `value`
@@ -101,6 +144,57 @@ pub unsafe extern "C-unwind" fn write_message(l: *mut lua_State) -> c_int {
             Some(Err((word, detail))) => Ok(push_fail(l, word, &detail)),
             Some(Ok(false)) => Ok(lua::push_true(l)),
             Some(Ok(true)) => wait(l, r, &WRITE_DRAIN, key, generation, Deadline::After(timeout)),
+        }
+    })
+}
+
+/// `conn:write_call(nhead, nrest, ...) -> true | nil, word, detail`: sends one array of
+/// the first `nhead` values followed by an array of the next `nrest` (nils included):
+/// `write_call(3, n, 0, msgid, "Plus", ...)` is a MessagePack-RPC request carrying the
+/// caller's own varargs, with no table built for them.
+pub unsafe extern "C-unwind" fn write_call(l: *mut lua_State) -> c_int {
+    lua::entry(l, || {
+        let (key, generation) = handle_at(l, 1, "write_call")?;
+        let nhead = lua::check_integer(l, 2, "write_call", "nhead")?;
+        let nrest = lua::check_integer(l, 3, "write_call", "nrest")?;
+        let given = (ffi::lua_gettop(l) - 3) as i64;
+        // Extra values after the counted ones are ignored (RPCCall passes its options
+        // table last); fewer than counted is misuse.
+        if nhead < 0 || nrest < 0 || nhead + nrest > given {
+            return Err(format!("write_call: 'nhead' + 'nrest' must be 0 to {given} (the values given)"));
+        }
+        let r = reactor(l);
+        let limits = r.codec.limits.get();
+        let mut out = r.take_scratch_out();
+        let array_mt = msgpack::push_array_mt(l);
+        let mut encoder = msgpack::encode::Encoder::new(l, &mut out, &limits, array_mt);
+        encoder.array_header(nhead as usize + 1);
+        let mut failed = None;
+        for i in 0..(nhead + nrest) as c_int {
+            if i == nhead as c_int {
+                encoder.array_header(nrest as usize);
+            }
+            if let Err(e) = encoder.value(4 + i) {
+                let name = if i < nhead as c_int { format!("head[{}]", i + 1) } else { format!("args[{}]", i - nhead as c_int + 1) };
+                failed = Some(e.describe(&name));
+                break;
+            }
+        }
+        if failed.is_none() && nrest == 0 {
+            encoder.array_header(0);
+        }
+        ffi::lua_settop(l, 1);
+        if let Some(detail) = failed {
+            r.give_back_scratch_out(out);
+            return Ok(push_fail(l, msgpack::ENCODE_ERROR, &detail));
+        }
+        let queued = with_socket(r, key, generation, |s| crate::stream::queue(s, r, key, &out));
+        r.give_back_scratch_out(out);
+        match queued {
+            None => Ok(push_closed(l)),
+            Some(Err((word, detail))) => Ok(push_fail(l, word, &detail)),
+            Some(Ok(false)) => Ok(lua::push_true(l)),
+            Some(Ok(true)) => wait(l, r, &WRITE_DRAIN, key, generation, Deadline::After(None)),
         }
     })
 }

@@ -51,6 +51,8 @@ pub struct Task {
     timer: Option<TimerKey>,
     /// Whether this wait keeps the loop alive (sockets and timers do; conditions do not).
     waiting_io: bool,
+    /// An idle wait (a parked worker): closing it when `run` ends is expected, not a leak.
+    idle: bool,
     /// Why the last wait ended.
     reason: Reason,
 }
@@ -290,6 +292,7 @@ impl Reactor {
             wait: 0,
             timer: None,
             waiting_io: false,
+            idle: false,
             reason: Reason::Ready,
         });
         self.ready.borrow_mut().push_back(Wake { task: key, wait: 0, how: Resume::Start(nargs) });
@@ -365,6 +368,13 @@ impl Reactor {
             self.io_waits.set(self.io_waits.get() + 1);
         }
         Ok(Waiter::new(task, t.wait))
+    }
+
+    /// Marks the running task's current wait as idle (see `Task::idle`).
+    pub fn mark_idle(&self, task: usize, idle: bool) {
+        if let Some(t) = self.tasks.borrow_mut().get_mut(task) {
+            t.idle = idle;
+        }
     }
 
     /// Wakes `w` if it is still that wait; returns whether it did.
@@ -573,20 +583,20 @@ impl Reactor {
     /// Tasks still suspended when `run` found nothing left to do can never be woken:
     /// close them so their `<close>` variables run.
     unsafe fn close_stranded_tasks(&self, l: *mut lua_State) {
-        let stranded: Vec<usize> = self
+        let (stranded, idle): (Vec<(usize, bool)>, Vec<(usize, bool)>) = self
             .tasks
             .borrow()
             .iter()
             .filter(|(_, t)| t.state == TaskState::Suspended)
-            .map(|(k, _)| k)
-            .collect();
-        if stranded.is_empty() {
-            return;
+            .map(|(k, t)| (k, t.idle))
+            .partition(|(_, idle)| !idle);
+        if !stranded.is_empty() {
+            report(&format!(
+                "{} task(s) were blocked forever (waiting on a channel or condition nobody can signal) and have been closed",
+                stranded.len()
+            ));
         }
-        report(&format!(
-            "{} task(s) were blocked forever (waiting on a channel or condition nobody can signal) and have been closed",
-            stranded.len()
-        ));
+        let stranded: Vec<usize> = stranded.into_iter().chain(idle).map(|(k, _)| k).collect();
         for task in stranded {
             self.finish(l, task);
         }

@@ -621,6 +621,8 @@ pub const METHODS: &[(&CStr, ffi::lua_CFunction)] = &[
     (c"read_message", crate::message::read_message),
     (c"write_message", crate::message::write_message),
     (c"write_array", crate::message::write_array),
+    (c"write_call", crate::message::write_call),
+    (c"read_array", crate::message::read_array),
     (c"set_nodelay", crate::tcp::set_nodelay),
     (c"set_keepalive", crate::tcp::set_keepalive),
 ];

@@ -113,15 +113,18 @@ pub unsafe extern "C-unwind" fn prepare_wait(l: *mut lua_State) -> c_int {
     })
 }
 
-/// `core.suspend(timeout, what)`: waits until `wake` or the timeout;
-/// returns true, or nil, "timeout".
+/// `core.suspend(timeout, what, idle)`: waits until `wake` or the timeout;
+/// returns true, or nil, "timeout". An `idle` wait (a parked worker) is closed quietly
+/// when `run` finds nothing left to do.
 pub unsafe extern "C-unwind" fn suspend(l: *mut lua_State) -> c_int {
     lua::entry(l, || {
         let what = if lua::is_none_or_nil(l, 2) { "wait" } else { lua::check_str(l, 2, "suspend", "what")? };
         let ms = lua::opt_seconds_ms(l, 1, what, "timeout")?;
+        let idle = ffi::lua_toboolean(l, 3) != 0;
         let r = reactor(l);
         let deadline = ms.map(|ms| r.deadline_after(ms));
-        r.begin_wait(l, what, deadline, false)?;
+        let waiter = r.begin_wait(l, what, deadline, false)?;
+        r.mark_idle(waiter.task(), idle);
         Ok(Ret::Yield(0, suspend_k))
     })
 }

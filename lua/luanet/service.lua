@@ -126,6 +126,33 @@ local function run_handler(peer, msgid, handler, params)
    end
 end
 
+-- Handlers run in pooled worker tasks: a request wakes a parked worker instead of
+-- creating a coroutine. At most `MAX_IDLE` workers stay parked.
+local MAX_IDLE = 256
+local idle_workers = {}
+
+local function worker(w)
+   while true do
+      run_handler(w.peer, w.msgid, w.handler, w.params)
+      w.peer, w.handler, w.params = nil, nil, nil
+      if #idle_workers >= MAX_IDLE then return end
+      w.id, w.wait = core.prepare_wait("worker")
+      idle_workers[#idle_workers + 1] = w
+      core.suspend(nil, "worker", true)
+   end
+end
+
+local function start_handler(peer, msgid, handler, params)
+   active_handlers = active_handlers + 1
+   local w = idle_workers[#idle_workers]
+   if w then
+      idle_workers[#idle_workers] = nil
+      w.peer, w.msgid, w.handler, w.params = peer, msgid, handler, params
+      if core.wake(w.id, w.wait) then return end
+   end
+   luanet.spawn(worker, { peer = peer, msgid = msgid, handler = handler, params = params })
+end
+
 local function on_request(peer, msgid, method, params)
    if math.type(msgid) ~= "integer" or type(method) ~= "string" or type(params) ~= "table" then
       return false
@@ -138,8 +165,7 @@ local function on_request(peer, msgid, method, params)
       respond(peer, msgid, luanet.array { "overloaded",
          ("%d requests are being handled already"):format(active_handlers) }, nil)
    else
-      active_handlers = active_handlers + 1
-      luanet.spawn(run_handler, peer, msgid, handler, params)
+      start_handler(peer, msgid, handler, params)
    end
    return true
 end
@@ -177,17 +203,18 @@ end
 local function reader(peer)
    local conn = peer.conn
    while peer.alive do
-      local m, word, detail = conn:read_message()
-      if m == nil then
-         if word ~= "closed" and word ~= "connection reset" then
-            core.report(("connection %s: %s (%s)"):format(peer.name or peer.key, word, tostring(detail)))
+      -- The envelope's elements come back as values: no table per message.
+      local n, kind, a, b, c = conn:read_array()
+      if n == nil then
+         if kind ~= "closed" and kind ~= "connection reset" then
+            core.report(("connection %s: %s (%s)"):format(peer.name or peer.key, kind, tostring(a)))
          end
-         return lose(peer, word)
+         return lose(peer, kind)
       end
-      local kind, ok = type(m) == "table" and m[1], false
-      if kind == RESPONSE then ok = on_response(peer, m[2], m[3], m[4])
-      elseif kind == REQUEST then ok = on_request(peer, m[2], m[3], m[4])
-      elseif kind == NOTIFY then ok = on_notify(peer, m[2], m[3])
+      local ok = false
+      if kind == RESPONSE and n == 4 then ok = on_response(peer, a, b, c)
+      elseif kind == REQUEST and n == 4 then ok = on_request(peer, a, b, c)
+      elseif kind == NOTIFY and n == 3 then ok = on_notify(peer, a, b)
       end
       if not ok then
          core.report(("connection %s: not a MessagePack-RPC message; closing it"):format(peer.name or peer.key))
@@ -326,13 +353,14 @@ function luanet.RPCCall(target, fname, ...)
    if type(fname) ~= "string" then
       error("RPCCall: bad argument #2 'fname' (string expected, got " .. type(fname) .. ")", 2)
    end
-   local args = luanet.array(table.pack(...))
+   local nargs = select("#", ...)
    local timeout = config.call_timeout
-   local last = args[args.n]
-   if args.n > 0 and getmetatable(last) == Options then
-      timeout = last.timeout or timeout
-      args[args.n] = nil
-      args.n = args.n - 1
+   if nargs > 0 then
+      local last = select(nargs, ...)
+      if getmetatable(last) == Options then
+         timeout = last.timeout or timeout
+         nargs = nargs - 1
+      end
    end
    local deadline = core.now() + timeout
    local peer, word, detail = get_peer(target, deadline)
@@ -342,9 +370,9 @@ function luanet.RPCCall(target, fname, ...)
    if not ok then return nil, word, detail end
    peer.next_id = (peer.next_id + 1) & 0xffffffff
    local msgid = peer.next_id
-   ok, word, detail = peer.conn:write_array(REQUEST, msgid, fname, args)
+   ok, word, detail = peer.conn:write_call(3, nargs, REQUEST, msgid, fname, ...)
    if not ok then
-      if word == "encode error" then return fail("encode error", (detail:gsub("argument #4", "args", 1))) end
+      if word == "encode error" then return fail("encode error", detail) end
       lose(peer, word)
       return fail("connection lost", tostring(detail))
    end

@@ -238,6 +238,15 @@ unsafe fn build_value(l: *mut lua_State, c: &mut Cursor, array_mt: c_int) {
     }
 }
 
+/// For an (already checked) array value: its length and where its first element starts.
+pub fn array_len(bytes: &[u8]) -> Option<(usize, usize)> {
+    let mut c = Cursor { bytes, pos: 0 };
+    match c.item() {
+        Ok((Item::Array(n), _)) => Some((n, c.pos)),
+        _ => None,
+    }
+}
+
 fn int_value(b: u8, raw: &[u8]) -> i64 {
     let be = raw.iter().fold(0u64, |acc, &x| (acc << 8) | x as u64);
     match b {
