@@ -32,6 +32,17 @@ pub enum Reason {
     Closed = 3,
 }
 
+/// What a wait keeps alive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitKind {
+    /// A socket: keeps `run` going until it is over.
+    Io,
+    /// A sleep or a condition: only its timer (if any) keeps `run` going.
+    Plain,
+    /// A connection's housekeeping: keeps nothing going, and outlives `run`.
+    Background,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum TaskState {
     Ready,
@@ -53,6 +64,9 @@ pub struct Task {
     waiting_io: bool,
     /// An idle wait (a parked worker): closing it when `run` ends is expected, not a leak.
     idle: bool,
+    /// A background wait (a connection's reader): it neither keeps `run` going nor is
+    /// closed when `run` ends, so the connection works again in a later `run`.
+    background: bool,
     /// Why the last wait ended.
     reason: Reason,
 }
@@ -293,6 +307,7 @@ impl Reactor {
             timer: None,
             waiting_io: false,
             idle: false,
+            background: false,
             reason: Reason::Ready,
         });
         self.ready.borrow_mut().push_back(Wake { task: key, wait: 0, how: Resume::Start(nargs) });
@@ -340,7 +355,7 @@ impl Reactor {
         l: *mut lua_State,
         func: &str,
         deadline_ms: Option<u64>,
-        keeps_loop_alive: bool,
+        kind: WaitKind,
     ) -> Result<Waiter, Raise> {
         let Some(task) = self.current.get() else {
             return Err(format!(
@@ -360,10 +375,14 @@ impl Reactor {
         self.last_wait.set(wait);
         t.wait = wait;
         t.state = TaskState::Suspended;
+        let background = kind == WaitKind::Background;
+        t.background = background;
+        t.idle = false;
         if let Some(deadline) = deadline_ms {
-            t.timer = Some(self.timers.borrow_mut().arm_at(deadline, Expiry::Task { task: task as u32, wait: t.wait }));
+            let expiry = Expiry::Task { task: task as u32, wait: t.wait };
+            t.timer = Some(self.timers.borrow_mut().arm(deadline, expiry, background));
         }
-        if keeps_loop_alive {
+        if kind == WaitKind::Io {
             t.waiting_io = true;
             self.io_waits.set(self.io_waits.get() + 1);
         }
@@ -439,12 +458,13 @@ impl Reactor {
             }
             let timeout = if !self.ready.borrow().is_empty() {
                 Some(Duration::ZERO)
+            } else if !self.timers.borrow().has_foreground() && self.io_waits.get() == 0 && self.flushing.get() == 0 {
+                // Only background waits (connection readers, their heartbeats) are left.
+                return Ok(());
             } else if let Some(deadline) = self.timers.borrow().next_deadline_ms() {
                 Some(Duration::from_millis(deadline.saturating_sub(self.now_ms())))
-            } else if self.io_waits.get() > 0 || self.flushing.get() > 0 {
-                None
             } else {
-                return Ok(());
+                None
             };
             self.poll_once(timeout)?;
             self.fire_timers();
@@ -587,7 +607,7 @@ impl Reactor {
             .tasks
             .borrow()
             .iter()
-            .filter(|(_, t)| t.state == TaskState::Suspended)
+            .filter(|(_, t)| t.state == TaskState::Suspended && !t.background)
             .map(|(k, t)| (k, t.idle))
             .partition(|(_, idle)| !idle);
         if !stranded.is_empty() {

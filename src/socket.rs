@@ -87,6 +87,8 @@ pub struct Socket {
     pub corked: bool,
     /// Already on the loop's end-of-turn flush list.
     pub flush_scheduled: bool,
+    /// Waits on this socket are background waits (`set_background`).
+    pub background: bool,
     /// Settings and states most sockets never use, allocated on first use: an idle
     /// connection costs memory, and 10,000 of them are a normal day.
     cold: Option<Box<Cold>>,
@@ -134,6 +136,7 @@ impl Socket {
             shutdown_after_flush: false,
             corked: false,
             flush_scheduled: false,
+            background: false,
             cold: None,
         }
     }

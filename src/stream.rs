@@ -7,7 +7,7 @@ use std::os::fd::AsRawFd;
 
 use crate::errors::{self, describe};
 use crate::lua::{self, ffi, lua_State, push_fail, LuaResult, Raise, Ret};
-use crate::reactor::{Reactor, Reason, READ_BUFFER};
+use crate::reactor::{Reactor, Reason, WaitKind, READ_BUFFER};
 use crate::socket::{handle_at, push_closed, reactor, with_socket, Socket};
 
 /// The most one `read_exact` or `read_all` may gather (memory stays bounded).
@@ -105,7 +105,8 @@ pub unsafe fn wait(l: *mut lua_State, r: &Reactor, op: &Op, key: usize, generati
         if deadline.is_some_and(|d| r.now_ms() >= d) {
             return Err(NoWait::Expired);
         }
-        let waiter = r.begin_wait(l, op.name, deadline, true).map_err(NoWait::Refused)?;
+        let kind = if s.background { WaitKind::Background } else { WaitKind::Io };
+        let waiter = r.begin_wait(l, op.name, deadline, kind).map_err(NoWait::Refused)?;
         let slot = if op.dir == Dir::Read { &mut s.read_waiter } else { &mut s.write_waiter };
         *slot = Some(waiter);
         Ok(deadline)
@@ -560,6 +561,19 @@ unsafe extern "C-unwind" fn set_cork(l: *mut lua_State) -> c_int {
     })
 }
 
+/// `set_background(on)`: waits on this socket neither keep `run` going nor count as
+/// stranded when it returns (a connection's reader, waiting for whatever comes).
+unsafe extern "C-unwind" fn set_background(l: *mut lua_State) -> c_int {
+    lua::entry(l, || {
+        let (key, generation) = handle_at(l, 1, "set_background")?;
+        let on = lua::check_boolean(l, 2, "set_background", "on")?;
+        match with_socket(reactor(l), key, generation, |s| s.background = on) {
+            None => Ok(push_closed(l)),
+            Some(()) => Ok(lua::push_true(l)),
+        }
+    })
+}
+
 unsafe extern "C-unwind" fn set_line_limit(l: *mut lua_State) -> c_int {
     lua::entry(l, || set_size(l, "set_line_limit", |s, n| {
         s.cold_mut().line_limit = n;
@@ -618,6 +632,7 @@ pub const METHODS: &[(&CStr, ffi::lua_CFunction)] = &[
     (c"set_high_water", set_high_water),
     (c"set_line_limit", set_line_limit),
     (c"set_cork", set_cork),
+    (c"set_background", set_background),
     (c"read_message", crate::message::read_message),
     (c"write_message", crate::message::write_message),
     (c"write_array", crate::message::write_array),

@@ -4,7 +4,7 @@
 use std::ffi::c_int;
 
 use crate::lua::{self, ffi, lua_State, push_fail, Ret};
-use crate::reactor::{Reason, Waiter};
+use crate::reactor::{Reason, WaitKind, Waiter};
 use crate::socket::reactor;
 
 /// `core.spawn(co, ...)`: adopts a fresh coroutine as a task; `...` become its arguments.
@@ -63,7 +63,7 @@ pub unsafe extern "C-unwind" fn sleep(l: *mut lua_State) -> c_int {
             }
         } else {
             let deadline = r.deadline_after(ms);
-            r.begin_wait(l, F, Some(deadline), false)?;
+            r.begin_wait(l, F, Some(deadline), WaitKind::Plain)?;
         }
         Ok(Ret::Yield(0, sleep_k))
     })
@@ -123,7 +123,7 @@ pub unsafe extern "C-unwind" fn suspend(l: *mut lua_State) -> c_int {
         let idle = ffi::lua_toboolean(l, 3) != 0;
         let r = reactor(l);
         let deadline = ms.map(|ms| r.deadline_after(ms));
-        let waiter = r.begin_wait(l, what, deadline, false)?;
+        let waiter = r.begin_wait(l, what, deadline, WaitKind::Plain)?;
         r.mark_idle(waiter.task(), idle);
         Ok(Ret::Yield(0, suspend_k))
     })

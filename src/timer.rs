@@ -32,12 +32,14 @@ pub enum Expiry {
 pub struct Timers {
     epoch: Instant,
     next_seq: u64,
-    armed: BTreeMap<TimerKey, Expiry>,
+    /// Each timer, and whether it is a background one (it does not keep `run` going).
+    armed: BTreeMap<TimerKey, (Expiry, bool)>,
+    foreground: usize,
 }
 
 impl Timers {
     pub fn new() -> Self {
-        Timers { epoch: Instant::now(), next_seq: 0, armed: BTreeMap::new() }
+        Timers { epoch: Instant::now(), next_seq: 0, armed: BTreeMap::new(), foreground: 0 }
     }
 
     /// Milliseconds since the loop was created (monotonic).
@@ -58,14 +60,36 @@ impl Timers {
     }
 
     pub fn arm_at(&mut self, deadline_ms: u64, what: Expiry) -> TimerKey {
+        self.arm(deadline_ms, what, false)
+    }
+
+    /// Arms a timer; a `background` one does not keep the loop running by itself.
+    pub fn arm(&mut self, deadline_ms: u64, what: Expiry, background: bool) -> TimerKey {
         let key = TimerKey { deadline_ms, seq: self.next_seq };
         self.next_seq += 1;
-        self.armed.insert(key, what);
+        self.armed.insert(key, (what, background));
+        if !background {
+            self.foreground += 1;
+        }
         key
     }
 
+    fn forget(&mut self, entry: Option<(Expiry, bool)>) -> Option<Expiry> {
+        let (what, background) = entry?;
+        if !background {
+            self.foreground -= 1;
+        }
+        Some(what)
+    }
+
     pub fn cancel(&mut self, key: TimerKey) {
-        self.armed.remove(&key);
+        let entry = self.armed.remove(&key);
+        self.forget(entry);
+    }
+
+    /// Whether any timer that keeps the loop running is armed.
+    pub fn has_foreground(&self) -> bool {
+        self.foreground > 0
     }
 
     pub fn len(&self) -> usize {
@@ -87,7 +111,8 @@ impl Timers {
         if first.deadline_ms > now_ms {
             return None;
         }
-        self.armed.remove(&first)
+        let entry = self.armed.remove(&first);
+        self.forget(entry)
     }
 }
 
@@ -134,6 +159,20 @@ mod tests {
             }
             assert!(start.elapsed() >= std::time::Duration::from_millis(2), "{:?}", start.elapsed());
         }
+    }
+
+    #[test]
+    fn background_timers_do_not_count_as_foreground() {
+        let mut t = Timers::new();
+        let bg = t.arm(10, task(1), true);
+        assert!(!t.has_foreground());
+        let fg = t.arm(20, task(2), false);
+        assert!(t.has_foreground());
+        t.cancel(fg);
+        assert!(!t.has_foreground());
+        assert_eq!(t.next_deadline_ms(), Some(10), "a background timer still sets the poll timeout");
+        t.cancel(bg);
+        assert!(t.is_empty());
     }
 
     #[test]

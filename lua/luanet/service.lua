@@ -20,6 +20,7 @@ local config = {
    inbox = 1024,              -- messages waiting for GetMsg before senders are held back
    outbox = 1024 * 1024,      -- bytes queued to one peer before its senders block
    max_handlers = 10000,      -- requests being handled at once before "overloaded"
+   heartbeat = 1,             -- seconds between pings on a quiet connection; 3 missed = dead
 }
 
 local self_name               -- this process's service name, once started
@@ -71,6 +72,8 @@ local function new_peer(conn, key)
    }
    conn:set_cork(true)                -- many calls in flight, one send per loop turn
    conn:set_high_water(1 << 40)       -- this layer bounds the outbox itself (config.outbox)
+   conn:set_background(true)          -- an open connection alone does not keep run() going
+   peer.heard = core.now()
    peers[key] = peer
    return peer
 end
@@ -200,25 +203,43 @@ local function on_notify(peer, method, params)
    return true
 end
 
+-- A connection that has been silent for three heartbeats is dead even if its port is
+-- still open (a frozen or cut-off peer); every quiet heartbeat we send a ping, which the
+-- other side, doing the same, answers just by being alive.
+local function heartbeat(peer)
+   if core.now() - peer.heard > 3 * config.heartbeat then
+      core.report(("connection %s: no sign of life for %g s; closing it"):format(peer.name or peer.key, 3 * config.heartbeat))
+      lose(peer, "heartbeat timeout")
+      return
+   end
+   peer.conn:write_array(NOTIFY, "luanet.ping", luanet.array())
+end
+
 local function reader(peer)
    local conn = peer.conn
    while peer.alive do
       -- The envelope's elements come back as values: no table per message.
-      local n, kind, a, b, c = conn:read_array()
+      local n, kind, a, b, c = conn:read_array(config.heartbeat)
       if n == nil then
-         if kind ~= "closed" and kind ~= "connection reset" then
-            core.report(("connection %s: %s (%s)"):format(peer.name or peer.key, kind, tostring(a)))
+         if kind == "timeout" then
+            heartbeat(peer)
+         else
+            if kind ~= "closed" and kind ~= "connection reset" then
+               core.report(("connection %s: %s (%s)"):format(peer.name or peer.key, kind, tostring(a)))
+            end
+            return lose(peer, kind)
          end
-         return lose(peer, kind)
-      end
-      local ok = false
-      if kind == RESPONSE and n == 4 then ok = on_response(peer, a, b, c)
-      elseif kind == REQUEST and n == 4 then ok = on_request(peer, a, b, c)
-      elseif kind == NOTIFY and n == 3 then ok = on_notify(peer, a, b)
-      end
-      if not ok then
-         core.report(("connection %s: not a MessagePack-RPC message; closing it"):format(peer.name or peer.key))
-         return lose(peer, "protocol error")
+      else
+         peer.heard = core.now()
+         local ok = false
+         if kind == RESPONSE and n == 4 then ok = on_response(peer, a, b, c)
+         elseif kind == REQUEST and n == 4 then ok = on_request(peer, a, b, c)
+         elseif kind == NOTIFY and n == 3 then ok = on_notify(peer, a, b)
+         end
+         if not ok then
+            core.report(("connection %s: not a MessagePack-RPC message; closing it"):format(peer.name or peer.key))
+            return lose(peer, "protocol error")
+         end
       end
    end
 end
