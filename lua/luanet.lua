@@ -11,8 +11,11 @@ local core = require "luanet.core"
 local luanet = { _VERSION = "luanet 0.1.0" }
 
 local SENTINEL = core.SENTINEL
+-- The originals, kept on the (per-state, cached) core so that loading this file again
+-- does not wrap the shim in itself.
+core.original_coroutine = core.original_coroutine or { resume = coroutine.resume, wrap = coroutine.wrap }
 local co_create, co_resume, co_yield, co_status, co_close =
-   coroutine.create, coroutine.resume, coroutine.yield, coroutine.status, coroutine.close
+   coroutine.create, core.original_coroutine.resume, coroutine.yield, coroutine.status, coroutine.close
 local pack, unpack = table.pack, table.unpack
 
 ---------------------------------------------------------------------------------------
@@ -97,11 +100,27 @@ function luanet.cond()
    return setmetatable({ first = 1, last = 0 }, Cond)
 end
 
-local function enqueue(c, what)
-   local id, wait = core.prepare_wait(what)
+local function enqueue(c, what, timeout)
+   local id, wait = core.prepare_wait(what, timeout)   -- raises before anything is listed
    local n = c.last + 1
    c.last = n
-   c[n] = { id, wait }
+   local entry = { id, wait }
+   c[n] = entry
+   return entry
+end
+
+-- A wait that timed out takes its entry out, so polling with short timeouts cannot grow
+-- the list (entries are few: a linear search from the newest end is enough).
+local function forget(c, entry)
+   for i = c.last, c.first, -1 do
+      if c[i] == entry then
+         table.move(c, i + 1, c.last, i)
+         c[c.last] = nil
+         c.last = c.last - 1
+         if c.first > c.last then c.first, c.last = 1, 0 end
+         return
+      end
+   end
 end
 
 local function dequeue(c)
@@ -117,8 +136,10 @@ end
 --- Waits for signal/broadcast; returns true, or nil, "timeout".
 function Cond:wait(timeout, what)
    what = what or "cond:wait"
-   enqueue(self, what)
-   return core.suspend(timeout, what)
+   local entry = enqueue(self, what, timeout)
+   local ok, err = core.suspend(timeout, what)
+   if not ok then forget(self, entry) end
+   return ok, err
 end
 
 --- Wakes the longest-waiting task; returns whether there was one.

@@ -119,6 +119,12 @@ const FUNCTIONS: &[(&CStr, ffi::lua_CFunction)] = &[
 ];
 
 unsafe fn open(l: *mut lua_State) -> c_int {
+    // One loop per Lua state: loading the module again (busted's insulation clears
+    // package.loaded) must return the same one, or old handles would name new sockets.
+    if ffi::lua_getfield(l, ffi::LUA_REGISTRYINDEX, MODULE_KEY.as_ptr()) == ffi::LUA_TTABLE {
+        return 1;
+    }
+    ffi::lua_pop(l, 1);
     let reactor = match Reactor::new() {
         Ok(r) => Box::into_raw(Box::new(r)),
         Err(e) => {
@@ -152,8 +158,12 @@ unsafe fn open(l: *mut lua_State) -> c_int {
     }
     ffi::lua_pushlightuserdata(l, lua::sentinel_ptr());
     ffi::lua_setfield(l, -2, c"SENTINEL".as_ptr());
+    ffi::lua_pushvalue(l, -1);
+    ffi::lua_setfield(l, ffi::LUA_REGISTRYINDEX, MODULE_KEY.as_ptr());
     1
 }
+
+const MODULE_KEY: &CStr = c"luanet.core.module";
 
 /// `require "luanet.core"`
 ///

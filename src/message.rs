@@ -70,9 +70,19 @@ unsafe fn read_attempt(l: *mut lua_State, r: &Reactor, key: usize, generation: u
         Some(Next::Wait) => Attempt::Wait,
         Some(Next::Fail(word, detail)) => Attempt::Done(push_fail(l, word, &detail)),
         Some(Next::Value(ptr, len)) => {
-            // The bytes stay in this socket's rbuf (nothing a Lua allocation can run
-            // touches it: this socket is on our stack) until consumed below.
-            let bytes = std::slice::from_raw_parts(ptr, len);
+            // Copy the message out of rbuf first, as a Lua string anchored on the stack:
+            // building the values allocates, an allocation can run a user's __gc, and a
+            // __gc may close this very socket (freeing rbuf).
+            lua::push_bytes(l, std::slice::from_raw_parts(ptr, len));
+            with_socket(r, key, generation, |s| {
+                if let Some(b) = s.rbuf.as_mut() {
+                    b.consume(len);
+                }
+            });
+            let copy = ffi::lua_gettop(l);
+            let mut copy_len = 0usize;
+            let copy_ptr = ffi::lua_tolstring(l, copy, &mut copy_len);
+            let bytes = std::slice::from_raw_parts(copy_ptr.cast::<u8>(), copy_len);
             let array_mt = msgpack::push_array_mt(l);
             let pushed = if spread {
                 match decode::array_len(bytes) {
@@ -91,11 +101,7 @@ unsafe fn read_attempt(l: *mut lua_State, r: &Reactor, key: usize, generation: u
                 Some(1)
             };
             ffi::lua_remove(l, array_mt);
-            with_socket(r, key, generation, |s| {
-                if let Some(b) = s.rbuf.as_mut() {
-                    b.consume(len);
-                }
-            });
+            ffi::lua_remove(l, copy);
             match pushed {
                 Some(n) => Attempt::Done(Ret::Values(n)),
                 None => Attempt::Done(push_fail(

@@ -371,6 +371,17 @@ impl Reactor {
         let Some(t) = tasks.get_mut(task) else {
             return Err(format!("{func}: the running task is gone"));
         };
+        if t.state == TaskState::Suspended {
+            // An earlier wait never reached the loop (its yield was swallowed, e.g. by a
+            // resume saved before luanet was loaded): undo it before starting this one.
+            if let Some(timer) = t.timer.take() {
+                self.timers.borrow_mut().cancel(timer);
+            }
+            if t.waiting_io {
+                t.waiting_io = false;
+                self.io_waits.set(self.io_waits.get().saturating_sub(1));
+            }
+        }
         let wait = self.last_wait.get().wrapping_add(1);
         self.last_wait.set(wait);
         t.wait = wait;
@@ -542,11 +553,24 @@ impl Reactor {
             if t.state != TaskState::Ready || t.wait != wake.wait {
                 return;
             }
-            t.state = TaskState::Running;
             let nargs = match wake.how {
                 Resume::Start(n) => n,
                 Resume::Continue => 0,
             };
+            // The coroutine is the user's too (spawn returns it): one resumed or closed
+            // behind the loop's back must not be resumed blind (Lua 5.4 does not check).
+            let status = ffi::lua_status(t.thread);
+            let fit = match wake.how {
+                Resume::Start(n) => status == ffi::LUA_OK && ffi::lua_gettop(t.thread) == n + 1,
+                Resume::Continue => status == ffi::LUA_YIELD,
+            };
+            if !fit {
+                drop(tasks);
+                report("a task was resumed or closed outside luanet; it has been dropped");
+                self.finish(l, wake.task);
+                return;
+            }
+            t.state = TaskState::Running;
             (t.thread, nargs)
         };
         self.current.set(Some(wake.task));

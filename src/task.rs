@@ -64,14 +64,26 @@ pub unsafe extern "C-unwind" fn sleep(l: *mut lua_State) -> c_int {
         } else {
             let deadline = r.deadline_after(ms);
             r.begin_wait(l, F, Some(deadline), WaitKind::Plain)?;
+            return Ok(Ret::Yield(deadline as ffi::lua_KContext + 1, sleep_k));
         }
         Ok(Ret::Yield(0, sleep_k))
     })
 }
 
-unsafe extern "C-unwind" fn sleep_k(l: *mut lua_State, _status: c_int, _ctx: ffi::lua_KContext) -> c_int {
-    ffi::lua_settop(l, 0);
-    0
+/// A sleep lasts until its deadline even if something woke the task earlier.
+unsafe extern "C-unwind" fn sleep_k(l: *mut lua_State, _status: c_int, ctx: ffi::lua_KContext) -> c_int {
+    lua::entry(l, || {
+        ffi::lua_settop(l, 0);
+        let r = reactor(l);
+        if ctx > 0 {
+            let deadline = ctx as u64 - 1;
+            if r.now_ms() < deadline {
+                r.begin_wait(l, "luanet.sleep", Some(deadline), WaitKind::Plain)?;
+                return Ok(Ret::Yield(ctx, sleep_k));
+            }
+        }
+        Ok(Ret::Values(0))
+    })
 }
 
 /// `core.now()`: monotonic seconds.
@@ -103,6 +115,12 @@ pub unsafe extern "C-unwind" fn prepare_wait(l: *mut lua_State) -> c_int {
         let Some(task) = r.current_task() else {
             return Err(format!("{what}: not inside a luanet task (start one with luanet.spawn(fn) or luanet.run(fn))"));
         };
+        // Every check `suspend` makes, made before the caller lists this wait anywhere: a
+        // listed wait that then fails to start would take a later signal meant for others.
+        if ffi::lua_isyieldable(l) == 0 {
+            return Err(format!("{what}: cannot block here (inside a metamethod or C function that cannot yield)"));
+        }
+        lua::opt_seconds_ms(l, 2, what, "timeout")?;
         let (id, next_wait) = match (r.task_id(task), r.next_wait(task)) {
             (Some(id), Some(w)) => (id, w),
             _ => return Err(format!("{what}: the running task is gone")),

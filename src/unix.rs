@@ -47,6 +47,11 @@ fn bind_path(socket: &socket2::Socket, addr: &SockAddr, text: &str, ty: Type) ->
 /// it (bound in another network namespace, say) is probed by connecting, and a refused
 /// connect is the proof of death.
 fn is_stale(addr: &SockAddr, text: &str, ty: Type) -> io::Result<bool> {
+    use std::os::unix::fs::FileTypeExt;
+    // Only a socket file can be a stale socket: anything else at the path is the user's.
+    if !std::fs::symlink_metadata(text)?.file_type().is_socket() {
+        return Ok(false);
+    }
     if bound_in_proc(text) {
         return Ok(false);
     }

@@ -1,5 +1,13 @@
 -- Regression tests, one per fixed bug: each says what went wrong and what fixed it.
+-- Those that crashed or hung run in a child process (H.child kills it after a few seconds).
 local luanet = require "luanet"
+local H = require "helper"
+
+local function child_ok(src, t)
+   local r = H.child(src, t or 10)
+   assert(r.ok, ("child failed (%s %s)\nstdout:\n%s\nstderr:\n%s"):format(tostring(r.how), tostring(r.code), r.out, r.err))
+   return r
+end
 
 describe("regressions", function()
    -- Bug: wait numbers were counted per task from zero, and task slots are reused. A task
@@ -8,7 +16,7 @@ describe("regressions", function()
    -- woke the sleep early. Fix: wait numbers come from one loop-wide counter.
    it("a stale socket waiter never wakes a later task that reuses the slot", function()
       local slept
-      luanet.run(function()
+      H.run(function()
          local l = assert(luanet.tcp.listen("127.0.0.1:0"))
          local client = assert(luanet.tcp.connect(l:local_addr(), { timeout = 1 }))
          local server = assert(l:accept(1))
@@ -29,5 +37,152 @@ describe("regressions", function()
       end)
       assert.is_number(slept)
       assert.is_true(slept >= 0.3, ("the sleep ended after %.3f s"):format(slept))
+   end)
+
+   -- Bug: read_message built Lua values straight from the socket's receive buffer; a __gc
+   -- run by one of those allocations closed the socket, freed the buffer, and the build
+   -- read freed memory (segfault). Fix: copy the message into a Lua string first.
+   it("a finalizer closing the socket during read_message cannot corrupt it", function()
+      local r = child_ok([[
+local luanet = require "luanet"
+luanet.run(function()
+  local l = assert(luanet.tcp.listen("127.0.0.1:0"))
+  local c = assert(luanet.tcp.connect(l:local_addr()))
+  local s = assert(l:accept())
+  local big = {}
+  for i = 1, 40000 do big[i] = ("item%06d"):format(i) end
+  assert(c:write(luanet.pack(big)))
+  luanet.sleep(0.1)
+  collectgarbage("stop")
+  local wrapper = setmetatable({ conn = s }, { __gc = function(w) w.conn:close() end })
+  wrapper = nil
+  collectgarbage("incremental", 0, 1000)
+  collectgarbage("restart")
+  local v = assert(s:read_message(1))
+  local bad = 0
+  for i = 1, #v do if v[i] ~= ("item%06d"):format(i) then bad = bad + 1 end end
+  print(#v, bad)
+end)]])
+      assert.equals("40000\t0", r.out:match("[^\n]+"))
+   end)
+
+   -- Bug: the loop resumed a task's coroutine without checking it; one the user had run
+   -- to completion made lua_resume call garbage (segfault). Fix: check, report, drop.
+   it("a task resumed behind the loop's back is dropped, not resumed blind", function()
+      local r = child_ok([[
+local luanet = require "luanet"
+local task = luanet.spawn(function() return 42 end)
+print(coroutine.resume(task))
+print(luanet.run())
+]])
+      assert.matches("true\t42", r.out)
+      assert.matches("true\n$", r.out)
+      assert.matches("resumed or closed outside luanet", r.err)
+   end)
+
+   -- Bug: a wait registered in a context whose yield never reached the loop stayed
+   -- registered; the next wait counted twice and run() never returned. Fix: a new wait
+   -- undoes an earlier one that never reached the loop.
+   it("a swallowed yield leaves nothing registered", function()
+      local r = child_ok([[
+local luanet = require "luanet"
+luanet.run(function()
+  local l = assert(luanet.tcp.listen("127.0.0.1:0"))
+  local gen = coroutine.wrap(function() l:accept() end)
+  print("sort", pcall(table.sort, { 2, 1 }, function() gen() return true end))
+  print("accept", l:accept(0.05))
+  l:close()
+end)
+print("run returned")
+]], 8)
+      assert.matches("run returned", r.out)
+   end)
+
+   -- Bug: cond:wait listed its entry before checking it could block; a failed wait left
+   -- an entry that a later signal() spent on an unrelated sleep, which ended at once.
+   -- Fix: every check before listing; a sleep lasts to its deadline.
+   it("a failed cond:wait leaves no entry, and a sleep cannot be cut short", function()
+      local r = child_ok([[
+local luanet = require "luanet"
+luanet.run(function()
+  local c = luanet.cond()
+  print("wait in sort", pcall(table.sort, { 2, 1 }, function() c:wait(1) return true end))
+  luanet.spawn(function() luanet.sleep(0.02) print("signal", c:signal()) end)
+  local t0 = luanet.now()
+  luanet.sleep(0.2)
+  print(("slept %.2f"):format(luanet.now() - t0))
+end)
+]])
+      assert.matches("signal\tfalse", r.out)
+      local slept = tonumber(r.out:match("slept ([%d.]+)"))
+      assert.is_true(slept >= 0.2, r.out)
+   end)
+
+   -- Bug: timed-out waits stayed in a condition's waiter list: polling a channel with
+   -- short timeouts grew it without bound. Fix: a timed-out wait removes its entry.
+   it("polling a channel with timeouts does not grow its waiter list", function()
+      H.run(function()
+         local ch = luanet.channel(1)
+         for _ = 1, 2000 do assert(ch:recv(0) == nil) end
+         assert.equals(0, ch.readers.last - ch.readers.first + 1)
+      end)
+   end)
+
+   -- Bug: a second writer past the high-water mark got nil, "busy" although its bytes
+   -- were already queued (a retry sent them twice). Fix: queued bytes mean success.
+   it("a write whose bytes were queued never reports failure", function()
+      H.run(function()
+         local l = assert(luanet.tcp.listen("127.0.0.1:0"))
+         local c = assert(luanet.tcp.connect(l:local_addr()))
+         local s = assert(l:accept())
+         c:set_high_water(1024)
+         local results = {}
+         luanet.spawn(function() results.a = { c:write(("A"):rep(4 * 1024 * 1024), 2) } end)
+         luanet.spawn(function() luanet.sleep(0.01) results.b = { c:write("BBBB", 2) } end)
+         luanet.sleep(0.05)
+         assert.same({ true }, results.b)
+         local got = s:read_exact(4 * 1024 * 1024 + 4, 5)
+         assert.equals("BBBB", got:sub(-4))
+         c:close(); s:close(); l:close()
+      end)
+   end)
+
+   -- Bug: unix.listen took a connect refused by a regular file for a dead socket and
+   -- deleted the file. Fix: only a socket file is ever replaced.
+   it("unix.listen never removes a file that is not a socket", function()
+      local path = os.tmpname()
+      local f = assert(io.open(path, "w")) f:write("user data") f:close()
+      H.run(function()
+         local l, word = luanet.unix.listen(path)
+         assert.is_nil(l)
+         assert.equals("address in use", word)
+      end)
+      local f2 = assert(io.open(path)) local text = f2:read("a") f2:close()
+      os.remove(path)
+      assert.equals("user data", text)
+   end)
+
+   -- Bug: loading luanet.core again (busted insulation) made a second loop; an old
+   -- handle then named a new socket, and its __gc closed it. Fix: one loop per state.
+   it("loading the core twice gives the same loop", function()
+      local a = require "luanet.core"
+      package.loaded["luanet.core"] = nil
+      local b = require "luanet.core"
+      assert.equals(a, b)
+   end)
+
+   -- Bug: a connect that could not wait (outside a task) raised and left its socket
+   -- registered and open. Fix: it is closed.
+   it("a connect that raises leaves no descriptor open", function()
+      local r = child_ok([[
+local luanet = require "luanet"
+local function fds() local n = 0 for _ in io.popen("ls /proc/self/fd"):lines() do n = n + 1 end return n end
+local l = assert(luanet.tcp.listen("127.0.0.1:0"))
+local before = fds()
+for _ = 1, 20 do pcall(luanet.tcp.connect, "127.0.0.1:9", {}) end
+collectgarbage() collectgarbage()
+print(fds() - before)
+]])
+      assert.equals("0", r.out:match("%-?%d+"))
    end)
 end)

@@ -156,8 +156,15 @@ local function start_handler(peer, msgid, handler, params)
    luanet.spawn(worker, { peer = peer, msgid = msgid, handler = handler, params = params })
 end
 
+-- The shapes docs/PROTOCOL.md allows; anything else closes the connection.
+local function valid_msgid(msgid)
+   return math.type(msgid) == "integer" and msgid >= 0 and msgid <= 0xffffffff
+end
+
+local is_array = luanet.is_array
+
 local function on_request(peer, msgid, method, params)
-   if math.type(msgid) ~= "integer" or type(method) ~= "string" or type(params) ~= "table" then
+   if not valid_msgid(msgid) or type(method) ~= "string" or not is_array(params) then
       return false
    end
    local handler = handlers[method]
@@ -174,6 +181,7 @@ local function on_request(peer, msgid, method, params)
 end
 
 local function on_response(peer, msgid, err, result)
+   if not valid_msgid(msgid) then return false end
    local w = peer.pending[msgid]
    if not w then return true end        -- a late reply to a call that timed out
    peer.pending[msgid] = nil
@@ -188,7 +196,7 @@ local function get_inbox()
 end
 
 local function on_notify(peer, method, params)
-   if type(params) ~= "table" then return false end
+   if type(method) ~= "string" or not is_array(params) then return false end
    if method == "luanet.msg" then
       -- Blocks this reader while the inbox is full: the peer's sends back up to its own
       -- outbox limit and hold its sending tasks (memory stays bounded end to end).
