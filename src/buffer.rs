@@ -13,6 +13,8 @@ pub struct Pending {
     bytes: Vec<u8>,
     /// Bytes before `pos` are consumed; moving data up happens only when it pays.
     pos: usize,
+    /// How many pending bytes `read_line` has already searched for a newline.
+    pub scanned: usize,
 }
 
 impl Pending {
@@ -41,6 +43,7 @@ impl Pending {
 
     pub fn consume(&mut self, n: usize) {
         self.pos = (self.pos + n).min(self.bytes.len());
+        self.scanned = 0;
         if self.is_empty() {
             self.clear();
         }
@@ -49,6 +52,7 @@ impl Pending {
     pub fn clear(&mut self) {
         self.bytes.clear();
         self.pos = 0;
+        self.scanned = 0;
         if self.bytes.capacity() > KEEP_CAPACITY {
             self.bytes.shrink_to(KEEP_CAPACITY);
         }

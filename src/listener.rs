@@ -49,16 +49,41 @@ fn accept_one(s: &mut crate::socket::Socket) -> Accepted {
     }
 }
 
+/// After running out of descriptors, the next accept waits this long before trying again,
+/// so an accept loop cannot spin and starve the tasks that would free some.
+const ACCEPT_BACKOFF_MS: u64 = 100;
+
+fn out_of_resources(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM))
+}
+
 unsafe fn accept_attempt(l: *mut lua_State, r: &Reactor, key: usize, generation: u32) -> Result<Attempt, Raise> {
-    let accepted = with_socket(r, key, generation, accept_one);
+    let now = r.now_ms();
+    let accepted = with_socket(r, key, generation, |s| {
+        let retry_at = s.cold_mut().accept_retry_at;
+        if let Some(at) = retry_at {
+            if now < at {
+                return Err(at);
+            }
+            s.cold_mut().accept_retry_at = None;
+        }
+        let outcome = accept_one(s);
+        if let Accepted::Failed(e) = &outcome {
+            if out_of_resources(e) {
+                s.cold_mut().accept_retry_at = Some(now + ACCEPT_BACKOFF_MS);
+            }
+        }
+        Ok(outcome)
+    });
     Ok(match accepted {
         None => Attempt::Done(push_closed(l)),
-        Some(Accepted::WouldBlock) => Attempt::Wait,
-        Some(Accepted::Failed(e)) => {
+        Some(Err(at)) => Attempt::WaitUntil(at),
+        Some(Ok(Accepted::WouldBlock)) => Attempt::Wait,
+        Some(Ok(Accepted::Failed(e))) => {
             let (word, detail) = describe(&e);
             Attempt::Done(push_fail(l, word, &detail))
         }
-        Some(Accepted::Socket(socket, kind)) => {
+        Some(Ok(Accepted::Socket(socket, kind))) => {
             if kind == Kind::TcpStream {
                 // Small request/response messages are the common case: no Nagle delay.
                 let _ = socket.set_tcp_nodelay(true);

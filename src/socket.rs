@@ -102,6 +102,8 @@ pub struct Cold {
     pub high_water: usize,
     pub line_limit: usize,
     pub owned_path: Option<OwnedPath>,
+    /// After the process ran out of descriptors, accept tries again only from here (ms).
+    pub accept_retry_at: Option<u64>,
 }
 
 impl Default for Cold {
@@ -113,6 +115,7 @@ impl Default for Cold {
             high_water: DEFAULT_HIGH_WATER,
             line_limit: DEFAULT_LINE_LIMIT,
             owned_path: None,
+            accept_retry_at: None,
         }
     }
 }

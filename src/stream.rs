@@ -25,6 +25,8 @@ pub enum Attempt {
     Done(Ret),
     /// Would block: wait for the socket in this direction, then attempt again.
     Wait,
+    /// Wait as for `Wait`, but attempt again at this time (ms) at the latest.
+    WaitUntil(u64),
 }
 
 /// A blocking socket operation: `attempt` reads its arguments from the stack (1 = the
@@ -68,9 +70,12 @@ pub unsafe fn resume(l: *mut lua_State, op: &Op, ctx: ffi::lua_KContext) -> c_in
     lua::entry(l, || {
         let r = reactor(l);
         match r.wake_reason() {
-            Reason::Timeout => Ok(push_fail(l, errors::TIMEOUT, "the operation timed out")),
+            // A timer that fires before the operation's own deadline was a retry timer.
+            Reason::Timeout if decode_deadline(ctx).is_some_and(|d| r.now_ms() >= d) => {
+                Ok(push_fail(l, errors::TIMEOUT, "the operation timed out"))
+            }
             Reason::Closed => Ok(push_closed(l)),
-            Reason::Ready => {
+            Reason::Ready | Reason::Timeout => {
                 let (key, generation) = handle_at(l, 1, op.name)?;
                 drive(l, r, op, key, generation, Deadline::At(decode_deadline(ctx)))
             }
@@ -81,7 +86,8 @@ pub unsafe fn resume(l: *mut lua_State, op: &Op, ctx: ffi::lua_KContext) -> c_in
 unsafe fn drive(l: *mut lua_State, r: &Reactor, op: &Op, key: usize, generation: u32, deadline: Deadline) -> LuaResult {
     match (op.attempt)(l, r, key, generation)? {
         Attempt::Done(ret) => Ok(ret),
-        Attempt::Wait => wait(l, r, op, key, generation, deadline),
+        Attempt::Wait => wait_until(l, r, op, key, generation, deadline, None),
+        Attempt::WaitUntil(at) => wait_until(l, r, op, key, generation, deadline, Some(at)),
     }
 }
 
@@ -93,6 +99,19 @@ enum NoWait {
 
 /// Registers the running task as the socket's waiter in `op.dir` and yields.
 pub unsafe fn wait(l: *mut lua_State, r: &Reactor, op: &Op, key: usize, generation: u32, deadline: Deadline) -> LuaResult {
+    wait_until(l, r, op, key, generation, deadline, None)
+}
+
+/// As `wait`, with the timer set no later than `retry_at` (the deadline travels on).
+unsafe fn wait_until(
+    l: *mut lua_State,
+    r: &Reactor,
+    op: &Op,
+    key: usize,
+    generation: u32,
+    deadline: Deadline,
+    retry_at: Option<u64>,
+) -> LuaResult {
     let registered = with_socket(r, key, generation, |s| {
         let slot = if op.dir == Dir::Read { &mut s.read_waiter } else { &mut s.write_waiter };
         if slot.is_some_and(|w| r.is_waiting(w)) {
@@ -106,7 +125,11 @@ pub unsafe fn wait(l: *mut lua_State, r: &Reactor, op: &Op, key: usize, generati
             return Err(NoWait::Expired);
         }
         let kind = if s.background { WaitKind::Background } else { WaitKind::Io };
-        let waiter = r.begin_wait(l, op.name, deadline, kind).map_err(NoWait::Refused)?;
+        let timer = match (deadline, retry_at) {
+            (Some(d), Some(t)) => Some(d.min(t)),
+            (d, t) => d.or(t),
+        };
+        let waiter = r.begin_wait(l, op.name, timer, kind).map_err(NoWait::Refused)?;
         let slot = if op.dir == Dir::Read { &mut s.read_waiter } else { &mut s.write_waiter };
         *slot = Some(waiter);
         Ok(deadline)
@@ -268,9 +291,13 @@ unsafe fn read_exact_attempt(l: *mut lua_State, r: &Reactor, key: usize, generat
 
 unsafe fn read_line_attempt(l: *mut lua_State, r: &Reactor, key: usize, generation: u32) -> Result<Attempt, Raise> {
     let found = with_socket(r, key, generation, |s| {
-        let mut scanned = 0;
+        // Resume the newline search where the last attempt stopped (a line trickling in
+        // a byte at a time must not be rescanned from its start each time).
+        let mut scanned = s.rbuf.as_ref().map_or(0, |b| b.scanned);
         loop {
             let pending = s.received();
+            let scanned_from = scanned.min(pending.len());
+            scanned = scanned_from;
             if let Some(at) = pending[scanned..].iter().position(|&b| b == b'\n') {
                 let end = scanned + at;
                 if end > s.line_limit() {
@@ -280,6 +307,10 @@ unsafe fn read_line_attempt(l: *mut lua_State, r: &Reactor, key: usize, generati
                 return Found::Bytes { ptr: pending.as_ptr(), len, consume: end + 1 };
             }
             scanned = pending.len();
+            if let Some(b) = s.rbuf.as_mut() {
+                b.scanned = scanned;
+            }
+            let pending = s.received();
             if pending.len() > s.line_limit() {
                 return Found::Fail(errors::LINE_TOO_LONG, "no newline within the socket's line limit");
             }

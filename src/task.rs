@@ -131,17 +131,19 @@ pub unsafe extern "C-unwind" fn prepare_wait(l: *mut lua_State) -> c_int {
     })
 }
 
-/// `core.suspend(timeout, what, idle)`: waits until `wake` or the timeout;
+/// `core.suspend(timeout, what, idle, background)`: waits until `wake` or the timeout;
 /// returns true, or nil, "timeout". An `idle` wait (a parked worker) is closed quietly
-/// when `run` finds nothing left to do.
+/// when `run` finds nothing left to do; a `background` one (a heartbeat) does not keep
+/// `run` going and outlives it.
 pub unsafe extern "C-unwind" fn suspend(l: *mut lua_State) -> c_int {
     lua::entry(l, || {
         let what = if lua::is_none_or_nil(l, 2) { "wait" } else { lua::check_str(l, 2, "suspend", "what")? };
         let ms = lua::opt_seconds_ms(l, 1, what, "timeout")?;
         let idle = ffi::lua_toboolean(l, 3) != 0;
+        let kind = if ffi::lua_toboolean(l, 4) != 0 { WaitKind::Background } else { WaitKind::Plain };
         let r = reactor(l);
         let deadline = ms.map(|ms| r.deadline_after(ms));
-        let waiter = r.begin_wait(l, what, deadline, WaitKind::Plain)?;
+        let waiter = r.begin_wait(l, what, deadline, kind)?;
         r.mark_idle(waiter.task(), idle);
         Ok(Ret::Yield(0, suspend_k))
     })

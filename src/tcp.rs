@@ -121,7 +121,7 @@ pub unsafe fn finish_connect(
     let (key, generation) = handle_at(l, 1, "connect")?;
     match connect_attempt(l, r, key, generation)? {
         Attempt::Done(ret) => Ok(ret),
-        Attempt::Wait => {
+        Attempt::Wait | Attempt::WaitUntil(_) => {
             let waited = stream::wait(l, r, &CONNECT, key, generation, stream::Deadline::At(deadline));
             // Unless the task is now waiting for the connection, nobody will: close it.
             if !matches!(waited, Ok(Ret::Yield(..))) {

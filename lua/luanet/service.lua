@@ -212,15 +212,22 @@ local function on_notify(peer, method, params)
 end
 
 -- A connection that has been silent for three heartbeats is dead even if its port is
--- still open (a frozen or cut-off peer); every quiet heartbeat we send a ping, which the
--- other side, doing the same, answers just by being alive.
-local function heartbeat(peer)
+-- still open (a frozen or cut-off peer). Pings come from a task of their own, so a peer
+-- whose reader is held back by a full inbox still shows it is alive.
+local NO_PARAMS = luanet.array()
+
+local function pinger(peer)
+   while peer.alive do
+      core.suspend(config.heartbeat, "heartbeat", false, true)
+      if peer.alive then peer.conn:write_array(NOTIFY, "luanet.ping", NO_PARAMS) end
+   end
+end
+
+local function check_alive(peer)
    if core.now() - peer.heard > 3 * config.heartbeat then
       core.report(("connection %s: no sign of life for %g s; closing it"):format(peer.name or peer.key, 3 * config.heartbeat))
       lose(peer, "heartbeat timeout")
-      return
    end
-   peer.conn:write_array(NOTIFY, "luanet.ping", luanet.array())
 end
 
 local function reader(peer)
@@ -230,7 +237,7 @@ local function reader(peer)
       local n, kind, a, b, c = conn:read_array(config.heartbeat)
       if n == nil then
          if kind == "timeout" then
-            heartbeat(peer)
+            check_alive(peer)
          else
             if kind ~= "closed" and kind ~= "connection reset" then
                core.report(("connection %s: %s (%s)"):format(peer.name or peer.key, kind, tostring(a)))
@@ -252,8 +259,11 @@ local function reader(peer)
    end
 end
 
+-- A new connection: say who we are, then read what comes and keep it alive.
 local function greet(peer)
    peer.conn:write_array(NOTIFY, "luanet.hello", luanet.array { self_name or "" })
+   luanet.spawn(reader, peer)
+   luanet.spawn(pinger, peer)
 end
 
 ---------------------------------------------------------------------------------------
@@ -302,7 +312,6 @@ local function get_peer(target, deadline)
    if conn then
       peer = new_peer(conn, target)
       greet(peer)
-      luanet.spawn(reader, peer)
    end
    waiting:broadcast()
    if not conn then
@@ -344,7 +353,6 @@ function luanet.StartLocalService(name, addr, opts)
             next_conn = next_conn + 1
             local peer = new_peer(conn, "conn:" .. next_conn)
             greet(peer)
-            luanet.spawn(reader, peer)
          elseif aerr == "closed" then
             return
          else
