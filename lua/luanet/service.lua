@@ -190,9 +190,40 @@ local function on_response(peer, msgid, err, result)
    return true
 end
 
+-- The inbox: a bounded ring of messages and their senders (two arrays, so a message
+-- costs no table of its own), with conditions for a full and an empty ring.
+local Inbox = {}
+Inbox.__index = Inbox
+
 local function get_inbox()
-   inbox = inbox or luanet.channel(config.inbox)
+   if not inbox then
+      inbox = setmetatable({ msgs = {}, froms = {}, head = 1, count = 0, capacity = config.inbox,
+         readers = luanet.cond(), writers = luanet.cond() }, Inbox)
+   end
    return inbox
+end
+
+function Inbox:put(msg, from)
+   while self.count >= self.capacity do self.writers:wait(nil, "inbox") end
+   local i = (self.head + self.count - 1) % self.capacity + 1
+   self.msgs[i], self.froms[i] = msg, from
+   self.count = self.count + 1
+   self.readers:signal()
+end
+
+function Inbox:take(timeout)
+   local deadline = timeout and core.now() + timeout
+   while self.count == 0 do
+      local ok, err = self.readers:wait(deadline and math.max(0, deadline - core.now()), "GetMsg")
+      if not ok then return nil, err end
+   end
+   local i = self.head
+   local msg, from = self.msgs[i], self.froms[i]
+   self.msgs[i], self.froms[i] = nil, nil
+   self.head = i % self.capacity + 1
+   self.count = self.count - 1
+   self.writers:signal()
+   return msg, from
 end
 
 local function on_notify(peer, method, params)
@@ -200,7 +231,7 @@ local function on_notify(peer, method, params)
    if method == "luanet.msg" then
       -- Blocks this reader while the inbox is full: the peer's sends back up to its own
       -- outbox limit and hold its sending tasks (memory stays bounded end to end).
-      get_inbox():send({ params[2], peer.name or peer.key })
+      get_inbox():put(params[2], peer.name or peer.key)
    elseif method == "luanet.hello" then
       local name = params[1]
       if type(name) == "string" and name ~= "" and peer.name == nil then
@@ -442,9 +473,9 @@ function luanet.SendMsg(target, msg)
    local ok
    ok, word, detail = make_room(peer, deadline)
    if not ok then return nil, word, detail end
-   ok, word, detail = peer.conn:write_array(NOTIFY, "luanet.msg", luanet.array { self_name or "", msg })
+   ok, word, detail = peer.conn:write_call(2, 2, NOTIFY, "luanet.msg", self_name or "", msg)
    if not ok then
-      if word == "encode error" then return fail("encode error", (detail:gsub("argument #3%[2%]", "msg", 1))) end
+      if word == "encode error" then return fail("encode error", (detail:gsub("^(.-)args%[2%]", "%1msg", 1))) end
       lose(peer, word)
       return fail("connection lost", tostring(detail))
    end
@@ -453,9 +484,10 @@ end
 
 --- GetMsg([timeout]) -> msg, sender | nil, "timeout"
 function luanet.GetMsg(timeout)
-   local item, err = get_inbox():recv(timeout)
-   if not item then return nil, err end
-   return item[1], item[2]
+   if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then
+      error("GetMsg: bad argument #1 'timeout' (a number of seconds, 0 or more, expected)", 2)
+   end
+   return get_inbox():take(timeout)
 end
 
 --- The name this process serves as, or nil.
