@@ -39,6 +39,7 @@ demo: deps
 
 bench: local
 	$(LUAENV) bench/run
+	$(LUAENV) bench/rpc
 
 # A .src.rock that installs with no rocks server: `luarocks --lua-version 5.4 install luanet-scm-1.src.rock`.
 rock:
