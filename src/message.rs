@@ -9,7 +9,7 @@
 use std::ffi::c_int;
 
 use crate::errors;
-use crate::lua::{self, ffi, lua_State, push_fail, Raise, Ret};
+use crate::lua::{self, ffi, lua_State, push_fail, LuaResult, Raise, Ret};
 use crate::msgpack::{self, decode::{self, DecodeError}};
 use crate::reactor::Reactor;
 use crate::socket::{handle_at, push_closed, reactor, with_socket};
@@ -129,6 +129,23 @@ pub unsafe extern "C-unwind" fn read_array(l: *mut lua_State) -> c_int {
     read_array_start(l)
 }
 
+/// Queues encoded bytes (lent by `take_scratch_out`, handed back here) and reports like
+/// `write`: true, a failure, or a wait for the queue to drain below the high-water mark.
+unsafe fn send_encoded(l: *mut lua_State, r: &Reactor, key: usize, generation: u32, out: Vec<u8>, timeout: Option<u64>) -> LuaResult {
+    let queued = with_socket(r, key, generation, |s| crate::stream::queue(s, r, key, &out));
+    r.give_back_scratch_out(out);
+    match queued {
+        None => Ok(push_closed(l)),
+        Some(Err((word, detail))) => Ok(push_fail(l, word, &detail)),
+        Some(Ok(false)) => Ok(lua::push_true(l)),
+        Some(Ok(true)) => {
+            // The drain wait reads only the socket (index 1); the timeout travels in ctx.
+            ffi::lua_settop(l, 1);
+            wait(l, r, &WRITE_DRAIN, key, generation, Deadline::After(timeout))
+        }
+    }
+}
+
 /// `conn:write_message(value, [timeout]) -> true | nil, word, detail`: encodes `value`
 /// straight into the send queue (no Lua string in between); blocks like `write` past the
 /// high-water mark.
@@ -143,14 +160,7 @@ pub unsafe extern "C-unwind" fn write_message(l: *mut lua_State) -> c_int {
             r.give_back_scratch_out(out);
             return Ok(push_fail(l, msgpack::ENCODE_ERROR, &detail));
         }
-        let queued = with_socket(r, key, generation, |s| crate::stream::queue(s, r, key, &out));
-        r.give_back_scratch_out(out);
-        match queued {
-            None => Ok(push_closed(l)),
-            Some(Err((word, detail))) => Ok(push_fail(l, word, &detail)),
-            Some(Ok(false)) => Ok(lua::push_true(l)),
-            Some(Ok(true)) => wait(l, r, &WRITE_DRAIN, key, generation, Deadline::After(timeout)),
-        }
+        send_encoded(l, r, key, generation, out, timeout)
     })
 }
 
@@ -194,14 +204,7 @@ pub unsafe extern "C-unwind" fn write_call(l: *mut lua_State) -> c_int {
             r.give_back_scratch_out(out);
             return Ok(push_fail(l, msgpack::ENCODE_ERROR, &detail));
         }
-        let queued = with_socket(r, key, generation, |s| crate::stream::queue(s, r, key, &out));
-        r.give_back_scratch_out(out);
-        match queued {
-            None => Ok(push_closed(l)),
-            Some(Err((word, detail))) => Ok(push_fail(l, word, &detail)),
-            Some(Ok(false)) => Ok(lua::push_true(l)),
-            Some(Ok(true)) => wait(l, r, &WRITE_DRAIN, key, generation, Deadline::After(None)),
-        }
+        send_encoded(l, r, key, generation, out, None)
     })
 }
 
@@ -230,16 +233,6 @@ pub unsafe extern "C-unwind" fn write_array(l: *mut lua_State) -> c_int {
             r.give_back_scratch_out(out);
             return Ok(push_fail(l, msgpack::ENCODE_ERROR, &detail));
         }
-        let queued = with_socket(r, key, generation, |s| crate::stream::queue(s, r, key, &out));
-        r.give_back_scratch_out(out);
-        match queued {
-            None => Ok(push_closed(l)),
-            Some(Err((word, detail))) => Ok(push_fail(l, word, &detail)),
-            Some(Ok(false)) => Ok(lua::push_true(l)),
-            Some(Ok(true)) => {
-                ffi::lua_settop(l, 1);
-                wait(l, r, &WRITE_DRAIN, key, generation, Deadline::After(None))
-            }
-        }
+        send_encoded(l, r, key, generation, out, None)
     })
 }
