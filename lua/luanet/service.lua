@@ -303,6 +303,11 @@ end
 ---------------------------------------------------------------------------------------
 
 local connecting = {}            -- key -> cond of callers waiting for that connect
+-- Reconnect with backoff: after a failed connect, calls to that address fail at once
+-- until the next attempt is due (50 ms, doubling to 1 s), so a dead address is not
+-- hammered and a restarted service is reached again within a second.
+local backoff = {}               -- key -> { next = time, delay = seconds, why = text }
+local BACKOFF_FIRST, BACKOFF_MAX = 0.05, 1
 
 -- "tcp://host:port", "unix:/path", or a bare "host:port" / "/path" / "@name"; anything
 -- else is a service name.
@@ -330,6 +335,10 @@ local function get_peer(target, deadline)
       if peer and peer.alive then return peer end
       return fail("no such service", "could not connect to " .. target)
    end
+   local failed = backoff[target]
+   if failed and core.now() < failed.next then
+      return fail("no such service", ("%s (next try in %.2f s)"):format(failed.why, failed.next - core.now()))
+   end
    waiting = luanet.cond()
    connecting[target] = waiting
    local timeout = math.min(config.connect_timeout, deadline and math.max(0, deadline - core.now()) or math.huge)
@@ -341,8 +350,12 @@ local function get_peer(target, deadline)
    end
    connecting[target] = nil
    if conn then
+      backoff[target] = nil
       peer = new_peer(conn, target)
       greet(peer)
+   else
+      local delay = failed and math.min(failed.delay * 2, BACKOFF_MAX) or BACKOFF_FIRST
+      backoff[target] = { next = core.now() + delay, delay = delay, why = ("%s: %s"):format(target, word) }
    end
    waiting:broadcast()
    if not conn then
