@@ -146,12 +146,8 @@ impl<'a> Encoder<'a> {
             out.push(0xa0 | n as u8);
         } else if n <= 0xff {
             out.extend_from_slice(&[b8, n as u8]);
-        } else if n <= 0xffff {
-            out.push(b16);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
         } else {
-            out.push(b32);
-            out.extend_from_slice(&(n as u32).to_be_bytes());
+            wide_len(out, n, b16, b32);
         }
         out.extend_from_slice(s);
     }
@@ -162,15 +158,10 @@ impl<'a> Encoder<'a> {
     }
 
     fn header(&mut self, n: usize, fix: u8, b16: u8, b32: u8) {
-        let out = &mut *self.out;
         if n < 16 {
-            out.push(fix | n as u8);
-        } else if n <= 0xffff {
-            out.push(b16);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
+            self.out.push(fix | n as u8);
         } else {
-            out.push(b32);
-            out.extend_from_slice(&(n as u32).to_be_bytes());
+            wide_len(self.out, n, b16, b32);
         }
     }
 
@@ -268,6 +259,17 @@ impl<'a> Encoder<'a> {
             ffi::lua_pop(l, 1);
         }
         Ok(())
+    }
+}
+
+/// The 16- or 32-bit length form that strings, binaries, arrays and maps share.
+fn wide_len(out: &mut Vec<u8>, n: usize, b16: u8, b32: u8) {
+    if n <= 0xffff {
+        out.push(b16);
+        out.extend_from_slice(&(n as u16).to_be_bytes());
+    } else {
+        out.push(b32);
+        out.extend_from_slice(&(n as u32).to_be_bytes());
     }
 }
 
