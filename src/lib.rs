@@ -85,6 +85,7 @@ unsafe extern "C-unwind" fn reactor_gc(l: *mut lua_State) -> c_int {
         return 0;
     }
     (*(*slot).reactor).close_all_tasks(l);
+    (*(*slot).reactor).linger_on_exit(std::time::Duration::from_secs(2));
     let reactor = Box::from_raw((*slot).reactor);
     (*slot).reactor = std::ptr::null_mut();
     drop(reactor);

@@ -646,6 +646,59 @@ impl Reactor {
         }
     }
 
+    /// At `lua_close`: end open streams gracefully. A process that closes a connection
+    /// with unread input (or that gets input after closing, such as the peer's heartbeats)
+    /// makes the kernel reset it, and a reset makes the peer throw away what it has
+    /// received but not yet read, such as our last messages. So: send FIN behind what is
+    /// queued, then read and discard until each peer closes its side too, for at most
+    /// `max` in all. Never touches Lua.
+    pub fn linger_on_exit(&self, max: Duration) {
+        use std::os::fd::RawFd;
+        let mut open: Vec<RawFd> = Vec::new();
+        {
+            let Ok(sockets) = self.sockets.try_borrow() else { return };
+            for (_, s) in sockets.iter() {
+                if s.kind.is_stream() && !s.eof && !s.connecting && !s.has_unsent() {
+                    let _ = s.fd.shutdown(std::net::Shutdown::Write);
+                    open.push(s.fd.as_raw_fd());
+                }
+            }
+        }
+        let deadline = std::time::Instant::now() + max;
+        let mut sink = [0u8; 16 * 1024];
+        while !open.is_empty() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let mut polled: Vec<libc::pollfd> =
+                open.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
+            let ready = unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, left.as_millis().max(1) as c_int) };
+            if ready <= 0 {
+                break;
+            }
+            let mut still_open = Vec::with_capacity(open.len());
+            for p in polled {
+                if p.revents == 0 {
+                    still_open.push(p.fd);
+                    continue;
+                }
+                loop {
+                    let n = unsafe { libc::recv(p.fd, sink.as_mut_ptr().cast(), sink.len(), libc::MSG_DONTWAIT) };
+                    if n > 0 {
+                        continue;
+                    }
+                    let again = n < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN);
+                    if again {
+                        still_open.push(p.fd);
+                    }
+                    break;
+                }
+            }
+            open = still_open;
+        }
+    }
+
     /// At `lua_close`: close every task left, so their `<close>` variables run.
     pub unsafe fn close_all_tasks(&self, l: *mut lua_State) {
         let all: Vec<usize> = self.tasks.borrow().iter().map(|(k, _)| k).collect();

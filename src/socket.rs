@@ -301,19 +301,15 @@ unsafe extern "C-unwind" fn close(l: *mut lua_State) -> c_int {
     })
 }
 
-/// `__gc`: never touches the socket table directly (it may be borrowed by whatever Lua
-/// allocation triggered the collection); the close happens at the next safe point.
+/// `__gc`: only queues the close for the loop's next safe point (or `lua_close`). It may
+/// run during any Lua allocation, when the socket table can be borrowed; and at
+/// `lua_close` the sockets' finalizers run before the loop's, which must still find the
+/// connections open to end them gracefully (`Reactor::linger_on_exit`).
 unsafe extern "C-unwind" fn gc(l: *mut lua_State) -> c_int {
     lua::entry(l, || {
         let (key, generation) = handle_at(l, 1, "__gc")?;
         if let Some(r) = crate::try_reactor_from_upvalue(l) {
-            match r.sockets.try_borrow_mut() {
-                Ok(sockets) => {
-                    drop(sockets);
-                    close_socket(r, key, generation);
-                }
-                Err(_) => r.gc_queue.borrow_mut().push((key, generation)),
-            }
+            r.gc_queue.borrow_mut().push((key, generation));
         }
         Ok(Ret::Values(0))
     })
