@@ -105,16 +105,10 @@ pub unsafe fn listen_and_adopt(
     backlog: i32,
     kind: Kind,
     setup: impl FnOnce(&mut crate::socket::Socket),
-) -> c_int {
+) -> crate::lua::Ret {
     if let Err(e) = socket.listen(backlog) {
         let (word, detail) = describe(&e);
-        return match push_fail(l, word, &detail) {
-            crate::lua::Ret::Values(n) => n,
-            crate::lua::Ret::Yield(..) => 0,
-        };
+        return push_fail(l, word, &detail);
     }
-    match adopt(l, r, socket, kind, setup) {
-        crate::lua::Ret::Values(n) => n,
-        crate::lua::Ret::Yield(..) => 0,
-    }
+    adopt(l, r, socket, kind, setup)
 }

@@ -146,6 +146,18 @@ unsafe fn send_encoded(l: *mut lua_State, r: &Reactor, key: usize, generation: u
     }
 }
 
+/// Encodes the `count` values from stack index `first`; a failure names the value as
+/// `{name}[i]` (or `argument #i`), counting from 1.
+unsafe fn encode_run(encoder: &mut msgpack::encode::Encoder, first: c_int, count: c_int, name: &str) -> Option<String> {
+    for i in 0..count {
+        if let Err(e) = encoder.value(first + i) {
+            let what = if name.ends_with('#') { format!("{name}{}", i + 1) } else { format!("{name}[{}]", i + 1) };
+            return Some(e.describe(&what));
+        }
+    }
+    None
+}
+
 /// `conn:write_message(value, [timeout]) -> true | nil, word, detail`: encodes `value`
 /// straight into the send queue (no Lua string in between); blocks like `write` past the
 /// high-water mark.
@@ -184,20 +196,12 @@ pub unsafe extern "C-unwind" fn write_call(l: *mut lua_State) -> c_int {
         let mut out = r.take_scratch_out();
         let array_mt = msgpack::push_array_mt(l);
         let mut encoder = msgpack::encode::Encoder::new(l, &mut out, &limits, array_mt);
+        let (nhead, nrest) = (nhead as c_int, nrest as c_int);
         encoder.array_header(nhead as usize + 1);
-        let mut failed = None;
-        for i in 0..(nhead + nrest) as c_int {
-            if i == nhead as c_int {
-                encoder.array_header(nrest as usize);
-            }
-            if let Err(e) = encoder.value(4 + i) {
-                let name = if i < nhead as c_int { format!("head[{}]", i + 1) } else { format!("args[{}]", i - nhead as c_int + 1) };
-                failed = Some(e.describe(&name));
-                break;
-            }
-        }
-        if failed.is_none() && nrest == 0 {
-            encoder.array_header(0);
+        let mut failed = encode_run(&mut encoder, 4, nhead, "head");
+        if failed.is_none() {
+            encoder.array_header(nrest as usize);
+            failed = encode_run(&mut encoder, 4 + nhead, nrest, "args");
         }
         ffi::lua_settop(l, 1);
         if let Some(detail) = failed {
@@ -221,13 +225,7 @@ pub unsafe extern "C-unwind" fn write_array(l: *mut lua_State) -> c_int {
         let array_mt = msgpack::push_array_mt(l);
         let mut encoder = msgpack::encode::Encoder::new(l, &mut out, &limits, array_mt);
         encoder.array_header(count as usize);
-        let mut failed = None;
-        for i in 0..count {
-            if let Err(e) = encoder.value(2 + i) {
-                failed = Some(e.describe(&format!("argument #{}", i + 1)));
-                break;
-            }
-        }
+        let failed = encode_run(&mut encoder, 2, count, "argument #");
         ffi::lua_settop(l, count + 1);
         if let Some(detail) = failed {
             r.give_back_scratch_out(out);

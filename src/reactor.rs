@@ -207,10 +207,6 @@ impl Reactor {
         self.current.get()
     }
 
-    pub fn is_running(&self) -> bool {
-        self.running.get()
-    }
-
     pub fn request_stop(&self) {
         self.stop_requested.set(true);
     }
@@ -262,14 +258,14 @@ impl Reactor {
 
     /// Sends what corked sockets queued during the turn (one send per socket).
     fn flush_corked(&self) {
-        let due = std::mem::take(&mut *self.corked.borrow_mut());
-        if due.is_empty() {
+        if self.corked.borrow().is_empty() {
             return;
         }
+        let mut due = std::mem::take(&mut *self.corked.borrow_mut());
         let mut finished = Vec::new();
         {
             let mut sockets = self.sockets.borrow_mut();
-            for (key, generation) in due {
+            for &(key, generation) in &due {
                 let Some(s) = sockets.get_mut(key) else { continue };
                 if s.generation != generation {
                     continue;
@@ -280,6 +276,14 @@ impl Reactor {
                 }
             }
         }
+        // Flushing queues nothing new: hand the list (and its allocation) back for the
+        // next turn instead of growing a fresh one every turn that corks a write.
+        due.clear();
+        let mut list = self.corked.borrow_mut();
+        if list.is_empty() {
+            *list = due;
+        }
+        drop(list);
         for key in finished {
             self.remove_socket(key);
         }
@@ -472,10 +476,9 @@ impl Reactor {
             } else if !self.timers.borrow().has_foreground() && self.io_waits.get() == 0 && self.flushing.get() == 0 {
                 // Only background waits (connection readers, their heartbeats) are left.
                 return Ok(());
-            } else if let Some(deadline) = self.timers.borrow().next_deadline_ms() {
-                Some(Duration::from_millis(deadline.saturating_sub(self.now_ms())))
             } else {
-                None
+                let next = self.timers.borrow().next_deadline_ms();
+                next.map(|deadline| Duration::from_millis(deadline.saturating_sub(self.now_ms())))
             };
             self.poll_once(timeout)?;
             self.fire_timers();
@@ -627,20 +630,21 @@ impl Reactor {
     /// Tasks still suspended when `run` found nothing left to do can never be woken:
     /// close them so their `<close>` variables run.
     unsafe fn close_stranded_tasks(&self, l: *mut lua_State) {
-        let (stranded, idle): (Vec<(usize, bool)>, Vec<(usize, bool)>) = self
+        let suspended: Vec<(usize, bool)> = self
             .tasks
             .borrow()
             .iter()
             .filter(|(_, t)| t.state == TaskState::Suspended && !t.background)
             .map(|(k, t)| (k, t.idle))
-            .partition(|(_, idle)| !idle);
-        if !stranded.is_empty() {
+            .collect();
+        // Parked workers (idle waits) are expected; anything else was blocked forever.
+        let blocked = suspended.iter().filter(|(_, idle)| !idle).count();
+        if blocked > 0 {
             report(&format!(
-                "{} task(s) were blocked forever (waiting on a channel or condition nobody can signal) and have been closed",
-                stranded.len()
+                "{blocked} task(s) were blocked forever (waiting on a channel or condition nobody can signal) and have been closed"
             ));
         }
-        let stranded: Vec<usize> = stranded.into_iter().chain(idle).map(|(k, _)| k).collect();
+        let stranded = suspended.into_iter().map(|(k, _)| k);
         for task in stranded {
             self.finish(l, task);
         }

@@ -247,7 +247,7 @@ pub unsafe fn reactor<'a>(l: *mut lua_State) -> &'a Reactor {
     crate::reactor_from_upvalue(l)
 }
 
-/// Runs `f` on the open socket named by the handle at `idx`; a closed socket gives `None`.
+/// Runs `f` on open socket `key` of this `generation`; a closed one gives `None`.
 pub unsafe fn with_socket<T>(
     r: &Reactor,
     key: usize,

@@ -57,7 +57,7 @@ pub unsafe extern "C-unwind" fn listen(l: *mut lua_State) -> c_int {
             return Ok(os_fail(l, &e));
         }
         let backlog = backlog.clamp(1, i32::MAX as i64) as i32;
-        Ok(Ret::Values(crate::listener::listen_and_adopt(l, r, socket, backlog, Kind::TcpListener, |_| {})))
+        Ok(crate::listener::listen_and_adopt(l, r, socket, backlog, Kind::TcpListener, |_| {}))
     })
 }
 

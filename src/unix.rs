@@ -105,9 +105,9 @@ pub unsafe extern "C-unwind" fn listen(l: *mut lua_State) -> c_int {
             Err(failed) => return Ok(failed),
         };
         let r = reactor(l);
-        Ok(Ret::Values(crate::listener::listen_and_adopt(l, r, socket, backlog, Kind::UnixListener, |s| {
+        Ok(crate::listener::listen_and_adopt(l, r, socket, backlog, Kind::UnixListener, |s| {
             s.cold_mut().owned_path = owned
-        })))
+        }))
     })
 }
 

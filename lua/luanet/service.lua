@@ -372,6 +372,28 @@ end
 -- The public calls
 ---------------------------------------------------------------------------------------
 
+-- A live connection to `target` with room in its outbox, and what is left of `timeout`.
+-- The common case (connected, with room) reads no clock.
+local function ready_peer(target, timeout)
+   local peer = peers[target]
+   if peer and peer.alive and peer.conn:buffered() <= config.outbox then return peer, timeout end
+   local deadline = core.now() + timeout
+   local word, detail, ok
+   peer, word, detail = get_peer(target, deadline)
+   if not peer then return nil, word, detail end
+   ok, word, detail = make_room(peer, deadline)
+   if not ok then return nil, word, detail end
+   return peer, math.max(0, deadline - core.now())
+end
+
+-- A write that failed: an encode error is the caller's value; anything else lost the
+-- connection.
+local function write_failed(peer, word, detail)
+   if word == "encode error" then return fail("encode error", detail) end
+   lose(peer, word)
+   return fail("connection lost", tostring(detail))
+end
+
 --- StartLocalService(name, addr, [opts]) -> true | nil, word, detail
 function luanet.StartLocalService(name, addr, opts)
    if type(name) ~= "string" or name == "" then
@@ -446,29 +468,17 @@ function luanet.RPCCall(target, fname, ...)
          nargs = nargs - 1
       end
    end
-   -- The common case (a live connection with room in its outbox) reads no clock: the
-   -- timeout goes to suspend as it is; only the slow paths need a deadline.
-   local peer, word, detail, ok = peers[target], nil, nil, nil
-   if not (peer and peer.alive and peer.conn:buffered() <= config.outbox) then
-      local deadline = core.now() + timeout
-      peer, word, detail = get_peer(target, deadline)
-      if not peer then return nil, word, detail end
-      ok, word, detail = make_room(peer, deadline)
-      if not ok then return nil, word, detail end
-      timeout = math.max(0, deadline - core.now())
-   end
+   local peer, left, detail = ready_peer(target, timeout)
+   if not peer then return nil, left, detail end
    peer.next_id = (peer.next_id + 1) & 0xffffffff
    local msgid = peer.next_id
+   local ok, word
    ok, word, detail = peer.conn:write_call(3, nargs, REQUEST, msgid, fname, ...)
-   if not ok then
-      if word == "encode error" then return fail("encode error", detail) end
-      lose(peer, word)
-      return fail("connection lost", tostring(detail))
-   end
+   if not ok then return write_failed(peer, word, detail) end
    local id, wait = core.prepare_wait("RPCCall")
    local w = { id = id, wait = wait }
    peer.pending[msgid] = w
-   ok = core.suspend(timeout, "RPCCall")
+   ok = core.suspend(left, "RPCCall")
    if not ok then
       peer.pending[msgid] = nil
       return fail("timeout", ("%s.%s did not answer within %g s"):format(target, fname, timeout))
@@ -488,17 +498,13 @@ function luanet.SendMsg(target, msg)
       error("SendMsg: bad argument #1 'target' (string expected, got " .. type(target) .. ")", 2)
    end
    if msg == nil then error("SendMsg: bad argument #2 'msg' (any value but nil expected)", 2) end
-   local deadline = core.now() + config.call_timeout
-   local peer, word, detail = get_peer(target, deadline)
+   local peer, word, detail = ready_peer(target, config.call_timeout)
    if not peer then return nil, word, detail end
    local ok
-   ok, word, detail = make_room(peer, deadline)
-   if not ok then return nil, word, detail end
    ok, word, detail = peer.conn:write_call(2, 2, NOTIFY, "luanet.msg", self_name or "", msg)
    if not ok then
-      if word == "encode error" then return fail("encode error", (detail:gsub("^(.-)args%[2%]", "%1msg", 1))) end
-      lose(peer, word)
-      return fail("connection lost", tostring(detail))
+      -- The message is the second value of the notification's params: name it as the caller does.
+      return write_failed(peer, word, word == "encode error" and detail:gsub("^(.-)args%[2%]", "%1msg", 1) or detail)
    end
    return true
 end

@@ -252,7 +252,7 @@ fn int_value(b: u8, raw: &[u8]) -> i64 {
     match b {
         0x00..=0x7f => b as i64,
         0xe0..=0xff => b as i8 as i64,
-        0xcc | 0xcd | 0xce => be as i64,
+        0xcc..=0xce => be as i64,
         // Above i64::MAX wraps like Lua's own integer overflow (documented).
         0xcf => be as i64,
         0xd0 => be as u8 as i8 as i64,
