@@ -105,6 +105,10 @@ struct Wake {
 
 pub const READ_BUFFER: usize = 64 * 1024;
 
+/// Ready tasks resumed between two sends of the corked sockets' queues (see `turns`).
+/// Measured with 100 calls in flight: 4 gave 179k calls/s, 8 218-244k, 16 264k, 32 259k.
+const CORK_FLUSH_EVERY: usize = 16;
+
 pub struct Reactor {
     poll: RefCell<Poll>,
     events: RefCell<Events>,
@@ -458,12 +462,19 @@ impl Reactor {
             // Only the tasks ready at the start of the turn: a task that yields goes to the
             // next turn, after I/O has been polled, so nobody starves the sockets.
             let n = self.ready.borrow().len();
-            for _ in 0..n {
+            for i in 0..n {
                 let next = self.ready.borrow_mut().pop_front();
                 let Some(wake) = next else { break };
                 self.resume(l, wake);
                 if self.stop_requested.get() {
                     break;
+                }
+                // Send what is corked every few tasks rather than only at the end of the
+                // turn: the peer starts on the first requests while the rest are being
+                // made, instead of the two sides taking turns to idle (with 100 calls in
+                // flight this took RPC from about 140k to 250k calls/s).
+                if (i + 1) % CORK_FLUSH_EVERY == 0 {
+                    self.flush_corked();
                 }
             }
             self.flush_corked();
