@@ -54,6 +54,7 @@ luanet.RegRPCFunction("Raise", function(msg) error(msg) end)
 luanet.RegRPCFunction("BadResult", function() return { cb = print } end)
 luanet.RegRPCFunction("Exit", function(code) os.exit(code or 0) end)
 luanet.RegRPCFunction("Name", function() return luanet.service_name() end)
+luanet.RegRPCFunction("Stats", function() return luanet.service_stats() end)
 -- nested calls
 luanet.RegRPCFunction("Relay", function(target, t)
   local r, word, detail = luanet.RPCCall(target, "Plus", t)
@@ -551,7 +552,7 @@ describe("services: interop and protocol", function()
     H.run(function()
       local s = start_service()
       local keep, hello = raw_client(s.addr)
-      assert.same({ 2, "luanet.hello", { s.name } }, hello)
+      assert.same({ 2, "luanet.hello", { s.name, "tcp://" .. s.addr } }, hello)
       assert.equals(3, luanet.RPCCall(s.addr, "Plus", { a = 1, b = 2 }))
       local cases = {
         { "garbage 0xc1", "\xc1\xc1\xc1\xc1" },
@@ -611,6 +612,107 @@ describe("services: interop and protocol", function()
       assert.equals(3, luanet.RPCCall(s.addr, "Plus", { a = 1, b = 2 })) -- a new connection
     end, 10)
   end)
+end)
+
+describe("services: one connection per pair of services", function()
+  for _, kind in ipairs({ "tcp", "unix" }) do
+    it("a service calls its caller back by address over the connection the caller opened (" .. kind .. ")", function()
+      H.run(function()
+        local a, b = start_service({ kind = kind }), start_service({ kind = kind })
+        assert.equals(30, luanet.RPCCall(a.addr, "Relay", b.addr, { a = 1, b = 2 }))   -- a dials b
+        assert.equals(40, luanet.RPCCall(b.addr, "Relay", a.addr, { a = 2, b = 2 }))   -- b reuses it
+        local spelled = (kind == "tcp" and "tcp://" or "unix:") .. a.addr
+        assert.equals(50, luanet.RPCCall(b.addr, "Relay", spelled, { a = 2, b = 3 }))
+        local sa, sb = luanet.RPCCall(a.addr, "Stats"), luanet.RPCCall(b.addr, "Stats")
+        assert.equals(2, sa.connections)       -- this process and b
+        assert.equals(2, sb.connections)       -- this process and a
+        assert.equals(0, sb.replaced)
+        assert.equals(0, sb.calls_waiting)
+      end, 10)
+    end)
+  end
+
+  -- This process plays a service named `fake` by hand, over raw sockets: the service
+  -- under test dials us (connection Y) while our own connection to it (X) has not said
+  -- hello yet, the race two services dialing each other at once run into.
+  for _, case in ipairs({ { fake = "Aaa", keeps = "X" }, { fake = "Zzz", keeps = "Y" } }) do
+    it(("two services that dial each other keep the connection dialed by the name that sorts first (%s keeps %s)")
+      :format(case.fake, case.keeps), function()
+      H.run(function()
+        local s = start_service({ extra = "luanet.configure{ heartbeat = 0.2 }" })
+        local listener = assert(luanet.tcp.listen("127.0.0.1:0"))
+        local here = listener:local_addr()
+        local X = assert(luanet.tcp.connect(s.addr, { timeout = 2 }))
+        assert.same({ 2, "luanet.hello", { s.name, "tcp://" .. s.addr } }, X:read_message(2))
+        local running, Y = true, nil
+        H.go(function()   -- the service closes connections that stay silent for 3 heartbeats
+          while running do
+            X:write_array(2, "luanet.ping", luanet.array())
+            if Y then Y:write_array(2, "luanet.ping", luanet.array()) end
+            luanet.sleep(0.05)
+          end
+        end)
+        local function next_call(c)
+          while true do
+            local v, word = c:read_message(2)
+            assert(v, word)
+            if v[1] ~= 2 then return v end
+          end
+        end
+
+        -- X asks the service to call us by address before X has said who it is: it dials.
+        X:write_array(0, 1, "Relay", luanet.array { here, { a = 1, b = 2 } })
+        Y = assert(listener:accept(2))
+        Y:write_array(2, "luanet.hello", luanet.array { case.fake, "tcp://" .. here })
+        assert.same({ 2, "luanet.hello", { s.name, "tcp://" .. s.addr } }, Y:read_message(2))
+        local call = next_call(Y)
+        assert.same({ 0, call[2], "Plus", { { a = 1, b = 2 } } }, call)
+        -- Now X says hello (as `fake`, listening at `here`): two connections, one peer.
+        X:write_array(2, "luanet.hello", luanet.array { case.fake, "tcp://" .. here })
+        X:write_array(0, 2, "Name", luanet.array())
+        assert.same({ 1, 2, nil, s.name, n = 4 }, next_call(X))
+        Y:write_array(1, call[2], nil, 3)
+        assert.same({ 1, 1, nil, 30, n = 4 }, next_call(X))
+
+        -- The next call to us goes over the connection both ends keep.
+        X:write_array(0, 3, "Relay", luanet.array { here, { a = 2, b = 2 } })
+        local kept = case.keeps == "X" and X or Y
+        call = next_call(kept)
+        assert.equals("Plus", call[3])
+        kept:write_array(1, call[2], nil, 4)
+        assert.same({ 1, 3, nil, 40, n = 4 }, next_call(X))
+        local stats = luanet.RPCCall(s.addr, "Stats")
+        assert.equals(1, stats.replaced)
+
+        if case.keeps == "X" then
+          -- Y was dialed by the service: it closes Y once Y has been idle for two heartbeats.
+          local t0, v, word = luanet.now()
+          repeat v, word = Y:read_message(2) until v == nil
+          assert.equals("closed", word)
+          assert.is_true(luanet.now() - t0 < 1.5)
+          assert.equals(2, luanet.RPCCall(s.addr, "Stats").connections)   -- X and this RPCCall's
+        else
+          -- X is ours to close; the service leaves it open and still answers on it.
+          luanet.sleep(0.6)
+          X:write_array(0, 4, "Name", luanet.array())
+          assert.same({ 1, 4, nil, s.name, n = 4 }, next_call(X))
+          assert.equals(3, luanet.RPCCall(s.addr, "Stats").connections)
+          -- When the kept connection goes, the retired one takes over at once.
+          Y:close()
+          luanet.sleep(0.1)
+          X:write_array(0, 5, "Relay", luanet.array { here, { a = 3, b = 3 } })
+          call = next_call(X)
+          assert.equals("Plus", call[3])
+          X:write_array(1, call[2], nil, 6)
+          assert.same({ 1, 5, nil, 60, n = 4 }, next_call(X))
+        end
+        running = false
+        X:close()
+        Y:close()
+        listener:close()
+      end, 10)
+    end)
+  end
 end)
 
 describe("services: argument errors", function()

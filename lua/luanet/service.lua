@@ -24,13 +24,17 @@ local config = {
 }
 
 local self_name               -- this process's service name, once started
+local self_address            -- where it listens, as "tcp://host:port" or "unix:/path"
 local handlers = {}           -- fname -> function
-local peers = {}              -- address or name -> peer
+local peers = {}              -- address or name -> peer (a peer has several keys)
+local live = {}               -- peer -> true while its connection is open
+local replaced = 0            -- duplicate connections retired (service_stats)
 local inbox                   -- created on first use
 local active_handlers = 0
 local next_conn = 0
 
 local function fail(word, detail) return nil, word, detail end
+local introduce               -- defined with the notifications
 
 ---------------------------------------------------------------------------------------
 -- Options: the last argument of RPCCall may be luanet.call_options{...}
@@ -65,16 +69,23 @@ end
 -- Peers
 ---------------------------------------------------------------------------------------
 
-local function new_peer(conn, key)
+-- Makes `key` (an address or a name) lead to `peer`; lose() undoes it.
+local function bind(peer, key)
+   peers[key] = peer
+   peer.keys[#peer.keys + 1] = key
+end
+
+local function new_peer(conn, key, dialed)
    local peer = {
-      conn = conn, key = key, name = nil, alive = true,
-      pending = {}, next_id = 0, drained = luanet.cond(), draining = false,
+      conn = conn, key = key, keys = {}, name = nil, alive = true, dialed = dialed,
+      pending = {}, next_id = 0, drained = luanet.cond(), draining = false, handling = 0,
    }
    conn:set_cork(true)                -- many calls in flight, one send per loop turn
    conn:set_high_water(1 << 40)       -- this layer bounds the outbox itself (config.outbox)
    conn:set_background(true)          -- an open connection alone does not keep run() going
    peer.heard = core.now()
-   peers[key] = peer
+   live[peer] = true
+   bind(peer, key)
    return peer
 end
 
@@ -82,8 +93,18 @@ end
 local function lose(peer, why)
    if not peer.alive then return end
    peer.alive = false
-   if peers[peer.key] == peer then peers[peer.key] = nil end
-   if peer.name and peers[peer.name] == peer then peers[peer.name] = nil end
+   live[peer] = nil
+   -- A retired duplicate to the same service takes over what this one served.
+   local heir
+   for other in pairs(live) do
+      if other.retired and other.name == peer.name then heir = other break end
+   end
+   if heir then heir.retired = false end
+   for _, key in ipairs(peer.keys) do
+      if peers[key] == peer then
+         if heir then bind(heir, key) else peers[key] = nil end
+      end
+   end
    peer.conn:close()
    for msgid, w in pairs(peer.pending) do
       peer.pending[msgid] = nil
@@ -118,6 +139,7 @@ end
 local function run_handler(peer, msgid, handler, params)
    local ok, result = pcall(handler, unpack(params, 1, params.n or #params))
    active_handlers = active_handlers - 1
+   peer.handling = peer.handling - 1
    if ok then
       local sent, word, detail = true
       if peer.alive then sent, word, detail = peer.conn:write_array(RESPONSE, msgid, nil, result) end
@@ -147,6 +169,7 @@ end
 
 local function start_handler(peer, msgid, handler, params)
    active_handlers = active_handlers + 1
+   peer.handling = peer.handling + 1
    local w = idle_workers[#idle_workers]
    if w then
       idle_workers[#idle_workers] = nil
@@ -170,6 +193,7 @@ local function on_request(peer, msgid, method, params)
    if not valid_msgid(msgid) or type(method) ~= "string" or not is_array(params) then
       return false
    end
+   if peer.retired then peer.used = peer.heard end
    local handler = handlers[method]
    if not handler then
       respond(peer, msgid, luanet.array { "no such function",
@@ -185,6 +209,7 @@ end
 
 local function on_response(peer, msgid, err, result)
    if not valid_msgid(msgid) then return false end
+   if peer.retired then peer.used = peer.heard end
    local w = peer.pending[msgid]
    if not w then return true end        -- a late reply to a call that timed out
    peer.pending[msgid] = nil
@@ -229,6 +254,59 @@ function Inbox:take(timeout)
    return msg, from
 end
 
+-- The spellings of a peer's advertised listening address that a caller may use as a
+-- target. An unspecified host (0.0.0.0, [::]) means "where this connection comes from".
+local function address_keys(peer, address)
+   local path = address:match("^unix:(.+)$")
+   if path then return { address, path } end
+   local host, port = address:match("^tcp://(.+):(%d+)$")
+   if not host then return {} end
+   if host == "0.0.0.0" or host == "[::]" then
+      local from = peer.conn:peer_addr()
+      host = from and from:match("^(.+):%d+$")
+      if not host then return {} end
+   end
+   local hostport = host .. ":" .. port
+   return { "tcp://" .. hostport, hostport }
+end
+
+-- Who dialed a connection: the tie-break below needs both ends to agree.
+local function dialer_of(peer)
+   if peer.dialed then return self_name or "" end
+   return peer.name
+end
+
+-- Two services that dial each other at the same moment end up with two connections.
+-- Both ends keep the one dialed by the service whose name sorts first and retire the
+-- other: no new calls go on it, and its dialer closes it once it has been idle for two
+-- heartbeats (see pinger), so nothing in flight on it is lost.
+local function settle_duplicate(old, new)
+   local keep, retire = old, new
+   if dialer_of(new) < dialer_of(old) then keep, retire = new, old end
+   retire.retired, retire.used = true, core.now()
+   replaced = replaced + 1
+   for key, p in pairs(peers) do
+      if p == retire then bind(keep, key) end
+   end
+end
+
+-- A hello names the peer and says where it listens: calls to that name or address now
+-- use this connection instead of dialing a second one.
+function introduce(peer, name, address)
+   peer.name = name
+   local other = peers[name]
+   if other and other.alive and other ~= peer then
+      settle_duplicate(other, peer)
+      if peers[name] ~= peer then return end
+   else
+      bind(peer, name)
+   end
+   for _, key in ipairs(address and address_keys(peer, address) or {}) do
+      local holder = peers[key]
+      if not (holder and holder.alive) then bind(peer, key) end
+   end
+end
+
 local function on_notify(peer, method, params)
    if type(method) ~= "string" or not is_array(params) then return false end
    if method == "luanet.msg" then
@@ -236,10 +314,9 @@ local function on_notify(peer, method, params)
       -- outbox limit and hold its sending tasks (memory stays bounded end to end).
       get_inbox():put(params[2], peer.name or peer.key)
    elseif method == "luanet.hello" then
-      local name = params[1]
+      local name, address = params[1], params[2]
       if type(name) == "string" and name ~= "" and peer.name == nil then
-         peer.name = name
-         if not peers[name] or not peers[name].alive then peers[name] = peer end
+         introduce(peer, name, type(address) == "string" and address or nil)
       end
    end
    return true
@@ -250,9 +327,15 @@ end
 -- whose reader is held back by a full inbox still shows it is alive.
 local NO_PARAMS = luanet.array()
 
+local function idle_duplicate(peer)
+   return peer.retired and peer.dialed and next(peer.pending) == nil and peer.handling == 0
+      and core.now() - peer.used >= 2 * config.heartbeat
+end
+
 local function pinger(peer)
    while peer.alive do
       core.suspend(config.heartbeat, "heartbeat", false, true)
+      if idle_duplicate(peer) then return lose(peer, "replaced by another connection") end
       if peer.alive then peer.conn:write_array(NOTIFY, "luanet.ping", NO_PARAMS) end
    end
 end
@@ -295,7 +378,7 @@ end
 
 -- A new connection: say who we are, then read what comes and keep it alive.
 local function greet(peer)
-   peer.conn:write_array(NOTIFY, "luanet.hello", luanet.array { self_name or "" })
+   peer.conn:write_array(NOTIFY, "luanet.hello", luanet.array { self_name or "", self_address })
    luanet.spawn(reader, peer)
    luanet.spawn(pinger, peer)
 end
@@ -354,7 +437,7 @@ local function get_peer(target, deadline)
    connecting[target] = nil
    if conn then
       backoff[target] = nil
-      peer = new_peer(conn, target)
+      peer = new_peer(conn, target, true)
       greet(peer)
    else
       local delay = failed and math.min(failed.delay * 2, BACKOFF_MAX) or BACKOFF_FIRST
@@ -415,12 +498,15 @@ function luanet.StartLocalService(name, addr, opts)
    end
    if not listener then return fail(word, detail) end
    self_name = name
+   local bound = listener:local_addr()
+   self_address = (kind == "unix" or bound:sub(1, 1) == "/" or bound:sub(1, 1) == "@")
+      and "unix:" .. bound or "tcp://" .. bound
    luanet.spawn(function()
       while true do
          local conn, aerr = listener:accept()
          if conn then
             next_conn = next_conn + 1
-            local peer = new_peer(conn, "conn:" .. next_conn)
+            local peer = new_peer(conn, "conn:" .. next_conn, false)
             greet(peer)
          elseif aerr == "closed" then
             return
@@ -519,5 +605,19 @@ end
 
 --- The name this process serves as, or nil.
 function luanet.service_name() return self_name end
+
+--- Counters for monitoring: open connections, calls waiting for a reply, requests being
+--- handled, messages waiting in the inbox, duplicate connections retired.
+function luanet.service_stats()
+   local connections, waiting = 0, 0
+   for peer in pairs(live) do
+      connections = connections + 1
+      for _ in pairs(peer.pending) do waiting = waiting + 1 end
+   end
+   return {
+      connections = connections, calls_waiting = waiting, handlers = active_handlers,
+      inbox = inbox and inbox.count or 0, replaced = replaced,
+   }
+end
 
 end
