@@ -292,6 +292,9 @@ function luanet.connect(addr, opts)
 end
 
 -- Services, RPC and messages (docs/services.md).
-require("luanet.service")(luanet)
+local internal = require("luanet.service")(luanet)
+-- Services by name (docs/names.md): the resolver and registration, and the name service.
+require("luanet.names")(luanet, internal)
+require("luanet.nameservice")(luanet, internal)
 
 return luanet

@@ -26,6 +26,8 @@ build = {
       lua = {
          ["luanet"] = "lua/luanet.lua",
          ["luanet.service"] = "lua/luanet/service.lua",
+         ["luanet.names"] = "lua/luanet/names.lua",
+         ["luanet.nameservice"] = "lua/luanet/nameservice.lua",
       },
    },
 }

@@ -16,6 +16,7 @@
 //! * `buffer.rs`: bytes waiting in one direction of a stream, allocated on first use.
 //! * `msgpack/`: the codec: `encode.rs` walks the Lua stack, `decode.rs` checks then builds.
 //! * `address.rs`, `errors.rs`: address strings; the stable error words.
+//! * `auth.rs`: HMAC and nonces for the cluster token handshake.
 //!
 //! The core never calls `coroutine.yield` from Lua: a blocking call that would wait
 //! registers the running task and yields a private sentinel with `lua_yieldk`; the loop
@@ -28,6 +29,7 @@
 use std::ffi::{c_int, CStr};
 
 pub mod address;
+pub mod auth;
 pub mod buffer;
 pub mod datagram;
 pub mod errors;
@@ -109,6 +111,9 @@ const FUNCTIONS: &[(&CStr, ffi::lua_CFunction)] = &[
     (c"is_array", msgpack::is_array),
     (c"codec_limits", msgpack::codec_limits),
     (c"resolve", address::resolve),
+    (c"hmac_sha256", auth::hmac_sha256),
+    (c"hmac_verify", auth::hmac_verify),
+    (c"random_bytes", auth::random_bytes),
     (c"tcp_listen", tcp::listen),
     (c"tcp_connect", tcp::connect),
     (c"udp_bind", udp::bind),

@@ -23,6 +23,16 @@ local config = {
    heartbeat = 1,             -- seconds between pings on a quiet connection; 3 missed = dead
 }
 
+-- What the name service (luanet/names.lua, luanet/nameservice.lua) builds on; not public.
+local internal = {
+   config = config,
+   notify = {},               -- notification method -> function(peer, params)
+   lost = {},                 -- functions called with each peer whose connection ends
+   resolve = nil,             -- function(name, deadline) -> address | nil, word, detail
+   forget = nil,              -- function(name): a call by that name failed; drop the cached address
+   functions_changed = nil,   -- function(): RegRPCFunction added a function
+}
+
 local self_name               -- this process's service name, once started
 local self_address            -- where it listens, as "tcp://host:port" or "unix:/path"
 local handlers = {}           -- fname -> function
@@ -54,11 +64,19 @@ end
 
 function luanet.configure(t)
    for k, v in pairs(t) do
+      if k == "token" then
+         if v ~= false and (type(v) ~= "string" or v == "") then
+            error("luanet.configure: 'token' must be a non-empty string (or false for none)", 2)
+         end
+         config.token = v or nil
+         goto next
+      end
       if config[k] == nil then error("luanet.configure: unknown setting '" .. tostring(k) .. "'", 2) end
       if type(v) ~= "number" or v <= 0 then
          error("luanet.configure: '" .. k .. "' must be a positive number", 2)
       end
       config[k] = v
+      ::next::
    end
    local copy = {}
    for k, v in pairs(config) do copy[k] = v end
@@ -79,11 +97,15 @@ local function new_peer(conn, key, dialed)
    local peer = {
       conn = conn, key = key, keys = {}, name = nil, alive = true, dialed = dialed,
       pending = {}, next_id = 0, drained = luanet.cond(), draining = false, handling = 0,
+      -- With a cluster token, nothing but hello, auth and ping is accepted until the peer
+      -- has proved it holds the token (see on_auth).
+      authed = not config.token, introduced = luanet.cond(),
    }
    conn:set_cork(true)                -- many calls in flight, one send per loop turn
    conn:set_high_water(1 << 40)       -- this layer bounds the outbox itself (config.outbox)
    conn:set_background(true)          -- an open connection alone does not keep run() going
    peer.heard = core.now()
+   peer.started = peer.heard
    live[peer] = true
    bind(peer, key)
    return peer
@@ -111,7 +133,10 @@ local function lose(peer, why)
       w.lost = why or "closed"
       core.wake(w.id, w.wait)
    end
+   peer.lost_why = why or "closed"
    peer.drained:broadcast()
+   peer.introduced:broadcast()
+   for _, hook in ipairs(internal.lost) do hook(peer) end
 end
 
 -- Holds the sending task while the peer's outbox is over its limit.
@@ -132,6 +157,16 @@ local function make_room(peer, deadline)
    return true
 end
 
+-- luanet.error(word, detail): raised in a handler, the caller gets nil, word, detail.
+local RaisedWord = { __tostring = function(e) return e.word .. ": " .. e.detail end }
+
+function luanet.error(word, detail)
+   if type(word) ~= "string" or word == "" then
+      error("luanet.error: bad argument #1 'word' (a non-empty string expected)", 2)
+   end
+   error(setmetatable({ word = word, detail = tostring(detail or word) }, RaisedWord), 2)
+end
+
 local function respond(peer, msgid, err, result)
    if peer.alive then peer.conn:write_array(RESPONSE, msgid, err, result) end
 end
@@ -146,6 +181,8 @@ local function run_handler(peer, msgid, handler, params)
       if not sent and word == "encode error" then
          respond(peer, msgid, luanet.array { "encode error", "the result: " .. tostring(detail) }, nil)
       end
+   elseif getmetatable(result) == RaisedWord then
+      respond(peer, msgid, luanet.array { result.word, result.detail }, nil)
    else
       respond(peer, msgid, luanet.array { "remote error", tostring(result) }, nil)
    end
@@ -155,8 +192,10 @@ end
 -- creating a coroutine. At most `MAX_IDLE` workers stay parked.
 local MAX_IDLE = 256
 local idle_workers = {}
+local worker_of = setmetatable({}, { __mode = "k" })   -- task coroutine -> its worker
 
 local function worker(w)
+   worker_of[core.running()] = w
    while true do
       run_handler(w.peer, w.msgid, w.handler, w.params)
       w.peer, w.handler, w.params = nil, nil, nil
@@ -293,6 +332,9 @@ end
 -- A hello names the peer and says where it listens: calls to that name or address now
 -- use this connection instead of dialing a second one.
 function introduce(peer, name, address)
+   peer.greeted = true
+   peer.introduced:broadcast()
+   if name == "" then return end
    peer.name = name
    local other = peers[name]
    if other and other.alive and other ~= peer then
@@ -309,15 +351,37 @@ end
 
 local function on_notify(peer, method, params)
    if type(method) ~= "string" or not is_array(params) then return false end
-   if method == "luanet.msg" then
+   if method == "luanet.msg" and peer.authed then
       -- Blocks this reader while the inbox is full: the peer's sends back up to its own
       -- outbox limit and hold its sending tasks (memory stays bounded end to end).
       get_inbox():put(params[2], peer.name or peer.key)
    elseif method == "luanet.hello" then
-      local name, address = params[1], params[2]
-      if type(name) == "string" and name ~= "" and peer.name == nil then
-         introduce(peer, name, type(address) == "string" and address or nil)
+      local name, address, nonce = params[1], params[2], params[3]
+      if type(name) ~= "string" or peer.hello then return true end
+      peer.hello = { name = name, address = type(address) == "string" and address or nil }
+      if not config.token then
+         introduce(peer, name, peer.hello.address)
+      elseif type(nonce) ~= "string" or #nonce < 16 then
+         return false, "the peer did not offer to prove it holds the cluster token"
+      else
+         -- Prove we hold the token, bound to both nonces and to who proves (docs/PROTOCOL.md).
+         peer.their_nonce = nonce
+         peer.conn:write_array(NOTIFY, "luanet.auth",
+            luanet.array { core.hmac_sha256(config.token, "luanet auth v1\0" .. nonce .. peer.my_nonce) })
       end
+   elseif method == "luanet.auth" then
+      if not config.token then return true end
+      local proof = params[1]
+      if peer.authed or not peer.their_nonce or type(proof) ~= "string"
+         or not core.hmac_verify(config.token, "luanet auth v1\0" .. peer.my_nonce .. peer.their_nonce, proof) then
+         return false, "wrong cluster token"
+      end
+      peer.authed = true
+      introduce(peer, peer.hello.name, peer.hello.address)
+   elseif method ~= "luanet.ping" then
+      if not peer.authed then return false, "not authenticated" end
+      local hook = internal.notify[method]
+      if hook then hook(peer, params) end
    end
    return true
 end
@@ -336,12 +400,16 @@ local function pinger(peer)
    while peer.alive do
       core.suspend(config.heartbeat, "heartbeat", false, true)
       if idle_duplicate(peer) then return lose(peer, "replaced by another connection") end
+      if not peer.authed and core.now() - peer.started > config.connect_timeout then
+         core.report(("connection %s: did not prove it holds the cluster token; closing it"):format(peer.key))
+         return lose(peer, "not authenticated")
+      end
       if peer.alive then peer.conn:write_array(NOTIFY, "luanet.ping", NO_PARAMS) end
    end
 end
 
 local function check_alive(peer)
-   if core.now() - peer.heard > 3 * config.heartbeat then
+   if core.now() - peer.heard >= 3 * config.heartbeat - 0.001 then
       core.report(("connection %s: no sign of life for %g s; closing it"):format(peer.name or peer.key, 3 * config.heartbeat))
       lose(peer, "heartbeat timeout")
    end
@@ -351,7 +419,8 @@ local function reader(peer)
    local conn = peer.conn
    while peer.alive do
       -- The envelope's elements come back as values: no table per message.
-      local n, kind, a, b, c = conn:read_array(config.heartbeat)
+      -- Pings arrive every heartbeat: three heartbeats of silence mean the peer is gone.
+      local n, kind, a, b, c = conn:read_array(3 * config.heartbeat)
       if n == nil then
          if kind == "timeout" then
             check_alive(peer)
@@ -363,14 +432,16 @@ local function reader(peer)
          end
       else
          peer.heard = core.now()
-         local ok = false
-         if kind == RESPONSE and n == 4 then ok = on_response(peer, a, b, c)
+         local ok, why = false, nil
+         if kind == NOTIFY and n == 3 then ok, why = on_notify(peer, a, b)
+         elseif not peer.authed then why = "not authenticated"
+         elseif kind == RESPONSE and n == 4 then ok = on_response(peer, a, b, c)
          elseif kind == REQUEST and n == 4 then ok = on_request(peer, a, b, c)
-         elseif kind == NOTIFY and n == 3 then ok = on_notify(peer, a, b)
          end
          if not ok then
-            core.report(("connection %s: not a MessagePack-RPC message; closing it"):format(peer.name or peer.key))
-            return lose(peer, "protocol error")
+            core.report(("connection %s: %s; closing it"):format(peer.name or peer.key,
+               why or "not a MessagePack-RPC message"))
+            return lose(peer, why or "protocol error")
          end
       end
    end
@@ -378,7 +449,12 @@ end
 
 -- A new connection: say who we are, then read what comes and keep it alive.
 local function greet(peer)
-   peer.conn:write_array(NOTIFY, "luanet.hello", luanet.array { self_name or "", self_address })
+   local hello = luanet.array { self_name or "", self_address }
+   if config.token then
+      peer.my_nonce = core.random_bytes(16)
+      hello[2], hello[3] = self_address or false, peer.my_nonce
+   end
+   peer.conn:write_array(NOTIFY, "luanet.hello", hello)
    luanet.spawn(reader, peer)
    luanet.spawn(pinger, peer)
 end
@@ -406,13 +482,59 @@ local function address_of(target)
    return nil
 end
 
-local function get_peer(target, deadline)
-   local peer = peers[target]
-   if peer and peer.alive then return peer end
-   local addr, kind = address_of(target)
-   if not addr then
-      return fail("no such service", ("no service is known as '%s'"):format(target))
+-- Waits until the peer's hello (and, with a cluster token, its proof) has arrived.
+local function await_introduction(peer, deadline)
+   while peer.alive and not peer.greeted do
+      if not peer.introduced:wait(deadline and math.max(0, deadline - core.now()), "luanet hello") then
+         return fail("timeout", "the peer did not introduce itself")
+      end
    end
+   if not peer.alive then
+      local why = peer.lost_why
+      if why == "closed" or why == "connection reset" then
+         why = why .. (config.token and ": does it hold the same cluster token?" or " before it said hello")
+      end
+      return fail("connection lost", why)
+   end
+   return true
+end
+
+local get_peer
+
+-- A name: where the name service says it is, checked against the hello found there.
+local function get_named_peer(name, deadline)
+   if not internal.resolve then
+      return fail("no such service", ("no service is known as '%s' (no name service is configured)"):format(name))
+   end
+   local address, word, detail = internal.resolve(name, deadline)
+   if not address then return fail(word, detail) end
+   local peer, ok
+   peer, word, detail = get_peer(address, deadline)
+   if peer then
+      ok, word, detail = await_introduction(peer, deadline)
+      if ok and peer.name ~= name then
+         ok, word, detail = false, "no such service",
+            ("%s serves %s now, not %s"):format(address, tostring(peer.name), name)
+      end
+   end
+   if not (peer and ok) then
+      internal.forget(name)
+      return fail(word, detail)
+   end
+   if peers[name] ~= peer then bind(peer, name) end
+   return peer
+end
+
+function get_peer(target, deadline)
+   local peer = peers[target]
+   if peer and peer.alive then
+      if peer.authed then return peer end
+      local ok, word, detail = await_introduction(peer, deadline)
+      if not ok then return fail(word, detail) end
+      return peer
+   end
+   local addr, kind = address_of(target)
+   if not addr then return get_named_peer(target, deadline) end
    local waiting = connecting[target]
    if waiting then
       local ok = waiting:wait(deadline and math.max(0, deadline - core.now()), "RPCCall")
@@ -439,6 +561,18 @@ local function get_peer(target, deadline)
       backoff[target] = nil
       peer = new_peer(conn, target, true)
       greet(peer)
+      if config.token then
+         -- Nothing is sent to a peer before it has proved it holds the token.
+         local ok
+         ok, word, detail = await_introduction(peer, deadline)
+         if not ok then
+            lose(peer, word)
+            backoff[target] = { next = core.now() + BACKOFF_MAX, delay = BACKOFF_MAX,
+               why = ("%s: %s"):format(target, detail) }
+            waiting:broadcast()
+            return fail(word, detail)
+         end
+      end
    else
       local delay = failed and math.min(failed.delay * 2, BACKOFF_MAX) or BACKOFF_FIRST
       backoff[target] = { next = core.now() + delay, delay = delay, why = ("%s: %s"):format(target, word) }
@@ -459,7 +593,7 @@ end
 -- The common case (connected, with room) reads no clock.
 local function ready_peer(target, timeout)
    local peer = peers[target]
-   if peer and peer.alive and peer.conn:buffered() <= config.outbox then return peer, timeout end
+   if peer and peer.alive and peer.authed and peer.conn:buffered() <= config.outbox then return peer, timeout end
    local deadline = core.now() + timeout
    local word, detail, ok
    peer, word, detail = get_peer(target, deadline)
@@ -529,13 +663,23 @@ function luanet.RegRPCFunction(fname, handler)
    if type(handler) ~= "function" then
       error("RegRPCFunction: bad argument #2 'handler' (function expected, got " .. type(handler) .. ")", 2)
    end
+   local new = handlers[fname] == nil
    handlers[fname] = handler
+   if new and internal.functions_changed then internal.functions_changed() end
 end
 
-local ERROR_WORDS = {
-   ["no such function"] = true, ["remote error"] = true, ["overloaded"] = true,
-   ["encode error"] = true,
-}
+function internal.function_names()
+   local names = {}
+   for fname in pairs(handlers) do
+      if fname:sub(1, 7) ~= "luanet." then names[#names + 1] = fname end
+   end
+   table.sort(names)
+   return names
+end
+
+function internal.self() return self_name, self_address end
+function internal.peer(key) return peers[key] end
+internal.await_introduction = await_introduction
 
 --- RPCCall(target, fname, args..., [luanet.call_options{timeout = s}]) -> result | nil, word, detail
 function luanet.RPCCall(target, fname, ...)
@@ -569,10 +713,15 @@ function luanet.RPCCall(target, fname, ...)
       peer.pending[msgid] = nil
       return fail("timeout", ("%s.%s did not answer within %g s"):format(target, fname, timeout))
    end
-   if w.lost then return fail("connection lost", ("%s: %s"):format(target, w.lost)) end
+   if w.lost then
+      if internal.forget then internal.forget(target) end
+      return fail("connection lost", ("%s: %s"):format(target, w.lost))
+   end
    local err = w.err
    if err ~= nil then
-      if type(err) == "table" and ERROR_WORDS[err[1]] then return fail(err[1], err[2]) end
+      if type(err) == "table" and type(err[1]) == "string" and err[1] ~= "" then
+         return fail(err[1], err[2])
+      end
       return fail("remote error", tostring(type(err) == "table" and (err[2] or err[1]) or err))
    end
    return w.result
@@ -603,6 +752,20 @@ function luanet.GetMsg(timeout)
    return get_inbox():take(timeout)
 end
 
+-- The peer whose request the running handler serves (before the handler's first yield
+-- or after: each worker handles one request at a time).
+function internal.caller_peer()
+   local w = worker_of[core.running()]
+   return w and w.peer
+end
+
+--- luanet.caller() -> name | nil: inside a handler, the calling service's name ("" for a
+--- process that is not a service); nil outside a handler.
+function luanet.caller()
+   local peer = internal.caller_peer()
+   if peer then return peer.name or "" end
+end
+
 --- The name this process serves as, or nil.
 function luanet.service_name() return self_name end
 
@@ -619,5 +782,7 @@ function luanet.service_stats()
       inbox = inbox and inbox.count or 0, replaced = replaced,
    }
 end
+
+return internal
 
 end

@@ -1,0 +1,242 @@
+-- Services by name, the caller's side: Register2Name, UseNameService,
+-- GetRemoteFuncProvider, and the resolver that RPCCall and SendMsg use for a target that
+-- is not an address (docs/names.md). The name service itself is luanet/nameservice.lua.
+--
+-- A name resolves to an address once; after that the connection is bound to the name and
+-- calls find it with one table lookup. The cached address is dropped when that connection
+-- ends, when a call by the name fails, and when a name service pushes a change.
+
+local core = require "luanet.core"
+
+return function(luanet, internal)
+local config = internal.config
+
+local name_services = {}     -- addresses of the name services, in the order given
+local preferred = 1          -- index of the one that answered last: asked first
+local cache = {}             -- name -> address
+local missing = {}           -- name -> time until which "not registered" is believed
+local lookups = {}           -- name -> cond shared by concurrent lookups of that name
+local keepers = {}           -- name service address -> its registration keeper
+local MISSING_FOR = 1        -- seconds; a push from the name service ends it sooner
+local BACKOFF_FIRST, BACKOFF_MAX = 0.05, 1
+
+local function fail(word, detail) return nil, word, detail end
+
+local function address_list(fname, v)
+   if type(v) == "string" then v = { v } end
+   if type(v) ~= "table" or #v == 0 then
+      error(fname .. ": bad argument #1 (an address or a list of addresses expected)", 3)
+   end
+   local list = {}
+   for i, a in ipairs(v) do
+      if type(a) ~= "string" or a == "" then
+         error(("%s: bad argument #1 (address %d is not a string)"):format(fname, i), 3)
+      end
+      list[i] = a
+   end
+   return list
+end
+
+local function add_name_services(list)
+   for _, a in ipairs(list) do
+      local known = false
+      for _, b in ipairs(name_services) do known = known or a == b end
+      if not known then name_services[#name_services + 1] = a end
+   end
+end
+
+-- Calls `method` on the name services in turn, starting with the one that answered last,
+-- until one answers. Returns true, result or nil, word, detail.
+local function ask(deadline, method, ...)
+   if #name_services == 0 then
+      return fail("no name service", "no name service is configured (luanet.UseNameService)")
+   end
+   local last
+   for i = 0, #name_services - 1 do
+      local k = (preferred - 1 + i) % #name_services + 1
+      local left = deadline - core.now()
+      if left <= 0 then break end
+      -- One unreachable name service must not use up the whole budget.
+      local per_try = math.min(left, math.max(1, left / (#name_services - i)))
+      local r, word, detail = luanet.RPCCall(name_services[k], method, ...,
+         luanet.call_options { timeout = per_try })
+      if word == nil then
+         preferred = k
+         return true, r
+      end
+      last = ("%s: %s (%s)"):format(name_services[k], word, tostring(detail))
+   end
+   return fail("no name service", "no name service answered: " .. (last or "out of time"))
+end
+
+--- luanet.UseNameService(addr_or_list): where this process looks names up.
+function luanet.UseNameService(list)
+   add_name_services(address_list("UseNameService", list))
+end
+
+function internal.resolve(name, deadline)
+   local address = cache[name]
+   if address then return address end
+   if #name_services == 0 then
+      return fail("no such service", ("no service is known as '%s' (no name service is configured)"):format(name))
+   end
+   local until_ = missing[name]
+   if until_ and core.now() < until_ then
+      return fail("no such service", ("no service is registered as '%s'"):format(name))
+   end
+   local waiting = lookups[name]
+   if waiting then
+      if not waiting:wait(math.max(0, deadline - core.now()), "name lookup") then
+         return fail("timeout", "looking up " .. name)
+      end
+      if cache[name] then return cache[name] end
+      return fail("no such service", ("no service is registered as '%s'"):format(name))
+   end
+   waiting = luanet.cond()
+   lookups[name] = waiting
+   local ok, result, detail = ask(deadline, "luanet.ns.resolve", name)
+   lookups[name] = nil
+   if ok and type(result) == "string" then
+      cache[name], missing[name] = result, nil
+   elseif ok then
+      missing[name] = core.now() + MISSING_FOR
+   end
+   waiting:broadcast()
+   if not ok then return fail("no such service", ("'%s': %s"):format(name, detail)) end
+   if not cache[name] then
+      return fail("no such service", ("no service is registered as '%s'"):format(name))
+   end
+   return cache[name]
+end
+
+function internal.forget(name)
+   cache[name] = nil
+end
+
+-- A name service says a name changed hands, came or went.
+internal.notify["luanet.ns.changed"] = function(_, params)
+   local name = params[1]
+   if type(name) == "string" then cache[name], missing[name] = nil, nil end
+end
+
+---------------------------------------------------------------------------------------
+-- Registration: one keeper task per name service keeps this service registered there,
+-- re-registering when that connection ends (the name service restarted) and when a new
+-- function is added. Its waits are background ones: they do not keep run() going.
+---------------------------------------------------------------------------------------
+
+local function park(k, timeout)
+   k.id, k.wait = core.prepare_wait("name service")
+   core.suspend(timeout, "name service", false, true)
+   k.id = nil
+end
+
+local function unpark(k)
+   if k.id then core.wake(k.id, k.wait) end
+end
+
+local function keeper(k)
+   local delay = BACKOFF_FIRST
+   while not k.stopped do
+      local name, address = internal.self()
+      k.dirty = false
+      local ok, word, detail = luanet.RPCCall(k.ns, "luanet.ns.register", name, address,
+         luanet.array(internal.function_names()))
+      if k.stopped then break end
+      if ok then
+         if k.state ~= "registered" and k.state ~= nil then
+            core.report(("Register2Name: registered as %s with %s again"):format(name, k.ns))
+         end
+         k.state, k.detail, delay = "registered", nil, BACKOFF_FIRST
+         k.settled:broadcast()
+         k.peer = internal.peer(k.ns)
+         while not k.stopped and not k.dirty and k.peer and k.peer.alive do park(k) end
+      elseif word == "name taken" then
+         core.report(("Register2Name: %s refused the name %s: %s"):format(k.ns, name, tostring(detail)))
+         k.state, k.detail, k.stopped = "refused", detail, true
+         k.settled:broadcast()
+      else
+         if k.state == "registered" then
+            core.report(("Register2Name: lost %s (%s); retrying"):format(k.ns, tostring(detail)))
+         end
+         k.state, k.detail = "unreachable", ("%s: %s (%s)"):format(k.ns, word, tostring(detail))
+         k.settled:broadcast()
+         park(k, delay)
+         delay = math.min(delay * 2, BACKOFF_MAX)
+      end
+   end
+end
+
+internal.lost[#internal.lost + 1] = function(peer)
+   if peer.name then cache[peer.name] = nil end
+   for _, k in pairs(keepers) do
+      if k.peer == peer then unpark(k) end
+   end
+end
+
+-- Functions registered later are announced too (one update for a burst of them).
+internal.functions_changed = function()
+   for _, k in pairs(keepers) do
+      k.dirty = true
+      unpark(k)
+   end
+end
+
+--- Register2Name(addr_or_list) -> true | nil, word, detail
+function luanet.Register2Name(list)
+   list = address_list("Register2Name", list)
+   if not internal.self() then
+      error("Register2Name: call StartLocalService first (this process has no name yet)", 2)
+   end
+   if next(keepers) then error("Register2Name: this service is registered already", 2) end
+   add_name_services(list)
+   for _, ns in ipairs(list) do
+      local k = { ns = ns, settled = luanet.cond() }
+      keepers[ns] = k
+      luanet.spawn(keeper, k)
+   end
+   -- Wait for every name service's first answer (or failure to answer).
+   local deadline = core.now() + config.connect_timeout + config.call_timeout
+   for _, ns in ipairs(list) do
+      local k = keepers[ns]
+      while k.state == nil do
+         if not k.settled:wait(math.max(0, deadline - core.now()), "Register2Name") then break end
+      end
+   end
+   local registered, refused, why = 0, nil, nil
+   for _, ns in ipairs(list) do
+      local k = keepers[ns]
+      if k.state == "registered" then registered = registered + 1 end
+      if k.state == "refused" then refused = k.detail end
+      why = why or k.detail
+   end
+   if refused then
+      -- The name is someone else's: take it back everywhere it was granted.
+      for ns, k in pairs(keepers) do
+         k.stopped = true
+         unpark(k)
+         if k.state == "registered" then
+            luanet.RPCCall(ns, "luanet.ns.unregister", (internal.self()))
+         end
+      end
+      keepers = {}
+      return fail("name taken", refused)
+   end
+   if registered == 0 then
+      return fail("no name service", (why or "no name service answered") .. "; still trying")
+   end
+   return true
+end
+
+--- GetRemoteFuncProvider(fname) -> { names... } | nil, word, detail
+function luanet.GetRemoteFuncProvider(fname)
+   if type(fname) ~= "string" or fname == "" then
+      error("GetRemoteFuncProvider: bad argument #1 'fname' (a non-empty string expected)", 2)
+   end
+   local ok, result, detail = ask(core.now() + config.call_timeout, "luanet.ns.providers", fname,
+      (internal.self()))
+   if not ok then return fail(result, detail) end
+   return result
+end
+
+end
