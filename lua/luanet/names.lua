@@ -52,14 +52,15 @@ local function ask(deadline, method, ...)
       return fail("no name service", "no name service is configured (luanet.UseNameService)")
    end
    local last
+   local args = table.pack(...)
    for i = 0, #name_services - 1 do
       local k = (preferred - 1 + i) % #name_services + 1
       local left = deadline - core.now()
       if left <= 0 then break end
       -- One unreachable name service must not use up the whole budget.
       local per_try = math.min(left, math.max(1, left / (#name_services - i)))
-      local r, word, detail = luanet.RPCCall(name_services[k], method, ...,
-         luanet.call_options { timeout = per_try })
+      args[args.n + 1] = luanet.call_options { timeout = per_try }
+      local r, word, detail = luanet.RPCCall(name_services[k], method, table.unpack(args, 1, args.n + 1))
       if word == nil then
          preferred = k
          return true, r

@@ -39,6 +39,7 @@ local handlers = {}           -- fname -> function
 local peers = {}              -- address or name -> peer (a peer has several keys)
 local live = {}               -- peer -> true while its connection is open
 local replaced = 0            -- duplicate connections retired (service_stats)
+local issued_nonces = {}      -- cluster token nonces we sent, until their peer authenticates
 local inbox                   -- created on first use
 local active_handlers = 0
 local next_conn = 0
@@ -134,6 +135,7 @@ local function lose(peer, why)
       core.wake(w.id, w.wait)
    end
    peer.lost_why = why or "closed"
+   if peer.my_nonce then issued_nonces[peer.my_nonce] = nil end
    peer.drained:broadcast()
    peer.introduced:broadcast()
    for _, hook in ipairs(internal.lost) do hook(peer) end
@@ -349,6 +351,19 @@ function introduce(peer, name, address)
    end
 end
 
+-- The cluster token handshake (docs/PROTOCOL.md, "Cluster token"). A proof covers both
+-- nonces and the prover's role, and a hello that carries one of our own outstanding
+-- nonces is refused: a proof obtained on one connection is useless on any other.
+
+local function auth_text(peer, mine)
+   local dialer = peer.dialed == mine       -- is the prover the side that dialed?
+   local verifier_nonce = mine and peer.their_nonce or peer.my_nonce
+   local prover_nonce = mine and peer.my_nonce or peer.their_nonce
+   return "luanet auth v1\0" .. (dialer and "dialer" or "acceptor") .. "\0" .. verifier_nonce .. prover_nonce
+end
+
+local function proof(peer, mine) return core.hmac_sha256(config.token, auth_text(peer, mine)) end
+
 local function on_notify(peer, method, params)
    if type(method) ~= "string" or not is_array(params) then return false end
    if method == "luanet.msg" and peer.authed then
@@ -361,22 +376,25 @@ local function on_notify(peer, method, params)
       peer.hello = { name = name, address = type(address) == "string" and address or nil }
       if not config.token then
          introduce(peer, name, peer.hello.address)
+      elseif not peer.my_nonce then
+         return false, "the cluster token was configured after this connection opened"
       elseif type(nonce) ~= "string" or #nonce < 16 then
          return false, "the peer did not offer to prove it holds the cluster token"
+      elseif issued_nonces[nonce] then
+         return false, "the peer sent back one of our own nonces (a reflection attempt)"
       else
-         -- Prove we hold the token, bound to both nonces and to who proves (docs/PROTOCOL.md).
          peer.their_nonce = nonce
-         peer.conn:write_array(NOTIFY, "luanet.auth",
-            luanet.array { core.hmac_sha256(config.token, "luanet auth v1\0" .. nonce .. peer.my_nonce) })
+         peer.conn:write_array(NOTIFY, "luanet.auth", luanet.array { proof(peer, true) })
       end
    elseif method == "luanet.auth" then
       if not config.token then return true end
-      local proof = params[1]
-      if peer.authed or not peer.their_nonce or type(proof) ~= "string"
-         or not core.hmac_verify(config.token, "luanet auth v1\0" .. peer.my_nonce .. peer.their_nonce, proof) then
+      local got = params[1]
+      if peer.authed or not peer.their_nonce or type(got) ~= "string"
+         or not core.hmac_verify(config.token, auth_text(peer, false), got) then
          return false, "wrong cluster token"
       end
       peer.authed = true
+      issued_nonces[peer.my_nonce] = nil
       introduce(peer, peer.hello.name, peer.hello.address)
    elseif method ~= "luanet.ping" then
       if not peer.authed then return false, "not authenticated" end
@@ -452,6 +470,7 @@ local function greet(peer)
    local hello = luanet.array { self_name or "", self_address }
    if config.token then
       peer.my_nonce = core.random_bytes(16)
+      issued_nonces[peer.my_nonce] = true
       hello[2], hello[3] = self_address or false, peer.my_nonce
    end
    peer.conn:write_array(NOTIFY, "luanet.hello", hello)
