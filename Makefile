@@ -35,11 +35,12 @@ test-lua: local
 
 demo: deps
 	$(MAKE) local
-	$(LUAENV) lua5.4 examples/demo_echo.lua
+	$(LUAENV) lua5.4 examples/demo.lua
 
 bench: local
 	$(LUAENV) bench/run
 	$(LUAENV) bench/rpc
+	$(LUAENV) bench/restart
 
 # A .src.rock that installs with no rocks server: `luarocks --lua-version 5.4 install luanet-scm-1.src.rock`.
 rock:

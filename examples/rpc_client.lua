@@ -1,10 +1,13 @@
 -- 100 tasks calling PlusServer's Plus, printing calls per second.
--- usage: lua5.4 examples/rpc_client.lua [HOST:PORT | /unix/path] [tasks] [seconds]
+-- usage: lua5.4 examples/rpc_client.lua [HOST:PORT | /unix/path | NAME] [tasks] [seconds]
+--                                       [NAMESERVICE[,NAMESERVICE...]]
+--   a NAME (such as PlusServer) is looked up in the name services given last
 local luanet = require "luanet"
 
 local target = arg[1] or "127.0.0.1:8010"
 local tasks = tonumber(arg[2]) or 100
 local seconds = tonumber(arg[3]) or 5
+for ns in (arg[4] or ""):gmatch("[^,]+") do luanet.UseNameService(ns) end
 
 local calls, errors, running = 0, 0, true
 
@@ -17,7 +20,9 @@ local function caller(i)
          calls = calls + 1
       else
          errors = errors + 1
-         io.stderr:write(("rpc_client: %s (%s)\n"):format(tostring(err), tostring(detail)))
+         if errors <= 5 then   -- the first few say what is wrong; the count says the rest
+            io.stderr:write(("rpc_client: %s (%s)\n"):format(tostring(err), tostring(detail)))
+         end
          luanet.sleep(0.1)
       end
    end
