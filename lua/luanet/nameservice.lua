@@ -18,6 +18,7 @@ local MAX_NAMES = 100000          -- registrations held at once
 local MAX_WATCHES_PER_PEER = 10000
 
 local started = false
+local served = { register = 0, resolve = 0, providers = 0 }   -- requests answered (stats)
 local regs = {}                   -- name -> { address, functions = set, peer }
 local count = 0
 local held = {}                   -- peer -> { name = true }
@@ -102,6 +103,7 @@ local function register(name, address, functions)
       if r then drop(name) end
       count = count + 1
    end
+   served.register = served.register + 1
    address = reachable(peer, address)
    local moved = not r or r.address ~= address or r.peer ~= peer
    regs[name] = { address = address, functions = set, peer = peer }
@@ -127,6 +129,7 @@ end
 local function resolve(name)
    local peer = internal.caller_peer()
    check_name("the name", name)
+   served.resolve = served.resolve + 1
    watch(peer, name)
    local r = regs[name]
    return r and r.address
@@ -134,6 +137,7 @@ end
 
 local function providers(fname, exclude)
    check_name("the function name", fname)
+   served.providers = served.providers + 1
    local names = {}
    for name, r in pairs(regs) do
       if r.functions[fname] and name ~= exclude and r.peer.alive then names[#names + 1] = name end
@@ -151,6 +155,13 @@ local function list()
       out[name] = { address = r.address, functions = luanet.array(fs) }
    end
    return out
+end
+
+local function stats()
+   local watched = 0
+   for _ in pairs(watchers) do watched = watched + 1 end
+   return { names = count, watched_names = watched, registers = served.register,
+            resolves = served.resolve, providers = served.providers }
 end
 
 internal.lost[#internal.lost + 1] = function(peer)
@@ -197,6 +208,7 @@ function luanet.StartNameService(addr)
    luanet.RegRPCFunction("luanet.ns.resolve", resolve)
    luanet.RegRPCFunction("luanet.ns.providers", providers)
    luanet.RegRPCFunction("luanet.ns.list", list)
+   luanet.RegRPCFunction("luanet.ns.stats", stats)
    return true
 end
 
