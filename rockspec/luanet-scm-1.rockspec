@@ -26,6 +26,7 @@ build = {
       lua = {
          ["luanet"] = "lua/luanet.lua",
          ["luanet.service"] = "lua/luanet/service.lua",
+         ["luanet.connections"] = "lua/luanet/connections.lua",
          ["luanet.names"] = "lua/luanet/names.lua",
          ["luanet.nameservice"] = "lua/luanet/nameservice.lua",
       },

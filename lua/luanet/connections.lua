@@ -1,0 +1,460 @@
+-- Connections between luanet processes (docs/services.md "Connections",
+-- docs/PROTOCOL.md): one per pair of peers, used both ways. Here: dialing with backoff,
+-- the hello and the cluster token, settling duplicate connections, heartbeats, and the
+-- reader that hands each message to the services layer (luanet/service.lua) or to a
+-- notification hook. A peer is the table this file keeps for one connection.
+
+local core = require "luanet.core"
+
+return function(luanet, internal)
+
+local REQUEST, RESPONSE, NOTIFY = 0, 1, 2
+local config = internal.config
+
+local peers = {}              -- address or name -> peer (a peer has several keys)
+local live = {}               -- peer -> true while its connection is open
+local replaced = 0            -- duplicate connections retired (service_stats)
+local issued_nonces = {}      -- cluster token nonces we sent, until their peer authenticates
+
+local function fail(word, detail) return nil, word, detail end
+local introduce               -- defined with the notifications
+
+-- Decoded arrays carry this metatable (docs/codec.md): checking it here saves a C call
+-- per message.
+local ARRAY_MT = getmetatable(luanet.array())
+local function is_array(t) return getmetatable(t) == ARRAY_MT end
+
+-- Makes `key` (an address or a name) lead to `peer`; lose() undoes it.
+local function bind(peer, key)
+   peers[key] = peer
+   peer.keys[#peer.keys + 1] = key
+end
+
+local function new_peer(conn, key, dialed)
+   local peer = {
+      conn = conn, key = key, keys = {}, name = nil, alive = true, dialed = dialed,
+      pending = {}, next_id = 0, drained = luanet.cond(), draining = false, handling = 0,
+      -- With a cluster token, nothing but hello, auth and ping is accepted until the peer
+      -- has proved it holds the token (see on_auth).
+      authed = not config.token, introduced = luanet.cond(),
+   }
+   conn:set_cork(true)                -- many calls in flight, one send per loop turn
+   conn:set_high_water(1 << 40)       -- this layer bounds the outbox itself (config.outbox)
+   conn:set_background(true)          -- an open connection alone does not keep run() going
+   peer.heard = core.now()
+   peer.started = peer.heard
+   live[peer] = true
+   bind(peer, key)
+   return peer
+end
+
+-- The connection is gone: every call waiting on it fails now, not at its timeout.
+local function lose(peer, why)
+   if not peer.alive then return end
+   peer.alive = false
+   live[peer] = nil
+   -- A retired duplicate to the same service takes over what this one served.
+   local heir
+   for other in pairs(live) do
+      if other.retired and other.name == peer.name then heir = other break end
+   end
+   if heir then heir.retired = false end
+   for _, key in ipairs(peer.keys) do
+      if peers[key] == peer then
+         if heir then bind(heir, key) else peers[key] = nil end
+      end
+   end
+   peer.conn:close()
+   for msgid, w in pairs(peer.pending) do
+      peer.pending[msgid] = nil
+      w.lost = why or "closed"
+      core.wake(w.id, w.wait)
+   end
+   peer.lost_why = why or "closed"
+   if peer.my_nonce then issued_nonces[peer.my_nonce] = nil end
+   peer.drained:broadcast()
+   peer.introduced:broadcast()
+   for _, hook in ipairs(internal.lost) do hook(peer) end
+end
+
+-- Holds the sending task while the peer's outbox is over its limit.
+local function make_room(peer, deadline)
+   while peer.alive and peer.conn:buffered() > config.outbox do
+      if not peer.draining then
+         peer.draining = true
+         luanet.spawn(function()
+            peer.conn:flush()
+            peer.draining = false
+            peer.drained:broadcast()
+         end)
+      end
+      local ok = peer.drained:wait(deadline and math.max(0, deadline - core.now()), "luanet send")
+      if not ok then return fail("timeout", "the peer is not reading fast enough") end
+   end
+   if not peer.alive then return fail("connection lost", "the connection closed") end
+   return true
+end
+
+-- The spellings of a peer's advertised listening address that a caller may use as a
+-- target. An unspecified host (0.0.0.0, [::]) means "where this connection comes from".
+local function address_keys(peer, address)
+   local path = address:match("^unix:(.+)$")
+   if path then return { address, path } end
+   local host, port = address:match("^tcp://(.+):(%d+)$")
+   if not host then return {} end
+   if host == "0.0.0.0" or host == "[::]" then
+      local from = peer.conn:peer_addr()
+      host = from and from:match("^(.+):%d+$")
+      if not host then return {} end
+   end
+   local hostport = host .. ":" .. port
+   return { "tcp://" .. hostport, hostport }
+end
+
+-- Who dialed a connection: the tie-break below needs both ends to agree.
+local function dialer_of(peer)
+   if peer.dialed then return internal.name or "" end
+   return peer.name
+end
+
+-- Two services that dial each other at the same moment end up with two connections.
+-- Both ends keep the one dialed by the service whose name sorts first and retire the
+-- other: no new calls go on it, and its dialer closes it once it has been idle for two
+-- heartbeats (see pinger), so nothing in flight on it is lost.
+local function settle_duplicate(old, new)
+   local keep, retire = old, new
+   if dialer_of(new) < dialer_of(old) then keep, retire = new, old end
+   retire.retired, retire.used = true, core.now()
+   replaced = replaced + 1
+   for key, p in pairs(peers) do
+      if p == retire then bind(keep, key) end
+   end
+end
+
+-- A hello names the peer and says where it listens: calls to that name or address now
+-- use this connection instead of dialing a second one.
+function introduce(peer, name, address)
+   peer.greeted = true
+   peer.introduced:broadcast()
+   if name == "" then return end
+   peer.name = name
+   local other = peers[name]
+   if other and other.alive and other ~= peer then
+      settle_duplicate(other, peer)
+      if peers[name] ~= peer then return end
+   else
+      bind(peer, name)
+   end
+   for _, key in ipairs(address and address_keys(peer, address) or {}) do
+      local holder = peers[key]
+      if not (holder and holder.alive) then bind(peer, key) end
+   end
+end
+
+-- The cluster token handshake (docs/PROTOCOL.md, "Cluster token"). A proof covers both
+-- nonces and the prover's role, and a hello that carries one of our own outstanding
+-- nonces is refused: a proof obtained on one connection is useless on any other.
+
+local function auth_text(peer, mine)
+   local dialer = peer.dialed == mine       -- is the prover the side that dialed?
+   local verifier_nonce = mine and peer.their_nonce or peer.my_nonce
+   local prover_nonce = mine and peer.my_nonce or peer.their_nonce
+   return "luanet auth v1\0" .. (dialer and "dialer" or "acceptor") .. "\0" .. verifier_nonce .. prover_nonce
+end
+
+local function proof(peer, mine) return core.hmac_sha256(config.token, auth_text(peer, mine)) end
+
+local function on_notify(peer, method, params)
+   if type(method) ~= "string" or not is_array(params) then return false end
+   if method == "luanet.hello" then
+      local name, address, nonce = params[1], params[2], params[3]
+      if type(name) ~= "string" or peer.hello then return true end
+      peer.hello = { name = name, address = type(address) == "string" and address or nil }
+      if not config.token then
+         introduce(peer, name, peer.hello.address)
+      elseif not peer.my_nonce then
+         return false, "the cluster token was configured after this connection opened"
+      elseif type(nonce) ~= "string" or #nonce < 16 then
+         return false, "the peer did not offer to prove it holds the cluster token"
+      elseif issued_nonces[nonce] then
+         return false, "the peer sent back one of our own nonces (a reflection attempt)"
+      else
+         peer.their_nonce = nonce
+         peer.conn:write_array(NOTIFY, "luanet.auth", luanet.array { proof(peer, true) })
+      end
+   elseif method == "luanet.auth" then
+      if not config.token then return true end
+      local got = params[1]
+      if peer.authed or not peer.their_nonce or type(got) ~= "string"
+         or not core.hmac_verify(config.token, auth_text(peer, false), got) then
+         return false, "wrong cluster token"
+      end
+      peer.authed = true
+      issued_nonces[peer.my_nonce] = nil
+      introduce(peer, peer.hello.name, peer.hello.address)
+   elseif method ~= "luanet.ping" then
+      if not peer.authed then return false, "not authenticated" end
+      local hook = internal.notify[method]
+      if hook then hook(peer, params) end
+   end
+   return true
+end
+
+-- A connection that has been silent for three heartbeats is dead even if its port is
+-- still open (a frozen or cut-off peer). Pings come from a task of their own, so a peer
+-- whose reader is held back by a full inbox still shows it is alive.
+local NO_PARAMS = luanet.array()
+
+local function idle_duplicate(peer)
+   return peer.retired and peer.dialed and next(peer.pending) == nil and peer.handling == 0
+      and core.now() - peer.used >= 2 * config.heartbeat
+end
+
+local function pinger(peer)
+   while peer.alive do
+      core.suspend(config.heartbeat, "heartbeat", false, true)
+      if idle_duplicate(peer) then return lose(peer, "replaced by another connection") end
+      if not peer.authed and core.now() - peer.started > config.connect_timeout then
+         core.report(("connection %s: did not prove it holds the cluster token; closing it"):format(peer.key))
+         return lose(peer, "not authenticated")
+      end
+      if peer.alive then peer.conn:write_array(NOTIFY, "luanet.ping", NO_PARAMS) end
+   end
+end
+
+local function check_alive(peer)
+   if core.now() - peer.heard >= 3 * config.heartbeat - 0.001 then
+      core.report(("connection %s: no sign of life for %g s; closing it"):format(peer.name or peer.key, 3 * config.heartbeat))
+      lose(peer, "heartbeat timeout")
+   end
+end
+
+local function reader(peer)
+   local conn = peer.conn
+   local on_request, on_response = internal.on_request, internal.on_response
+   while peer.alive do
+      -- The envelope's elements come back as values: no table per message.
+      -- Pings arrive every heartbeat: three heartbeats of silence mean the peer is gone.
+      local n, kind, a, b, c = conn:read_array(3 * config.heartbeat)
+      if n == nil then
+         if kind == "timeout" then
+            check_alive(peer)
+         else
+            if kind ~= "closed" and kind ~= "connection reset" then
+               core.report(("connection %s: %s (%s)"):format(peer.name or peer.key, kind, tostring(a)))
+            end
+            return lose(peer, kind)
+         end
+      else
+         peer.heard = core.now()
+         local ok, why = false, nil
+         if kind == NOTIFY and n == 3 then ok, why = on_notify(peer, a, b)
+         elseif not peer.authed then why = "not authenticated"
+         elseif kind == RESPONSE and n == 4 then ok = on_response(peer, a, b, c)
+         elseif kind == REQUEST and n == 4 then ok = on_request(peer, a, b, c)
+         end
+         if not ok then
+            core.report(("connection %s: %s; closing it"):format(peer.name or peer.key,
+               why or "not a MessagePack-RPC message"))
+            return lose(peer, why or "protocol error")
+         end
+      end
+   end
+end
+
+-- A new connection: say who we are, then read what comes and keep it alive.
+local function greet(peer)
+   local hello = luanet.array { internal.name or "", internal.address }
+   if config.token then
+      peer.my_nonce = core.random_bytes(16)
+      issued_nonces[peer.my_nonce] = true
+      hello[2], hello[3] = internal.address or false, peer.my_nonce
+   end
+   peer.conn:write_array(NOTIFY, "luanet.hello", hello)
+   luanet.spawn(reader, peer)
+   luanet.spawn(pinger, peer)
+end
+
+---------------------------------------------------------------------------------------
+-- Finding a peer: an address connects (one connect shared by concurrent callers); a name
+-- is a peer that introduced itself (the name service will resolve the rest).
+---------------------------------------------------------------------------------------
+
+local connecting = {}            -- key -> cond of callers waiting for that connect
+-- Reconnect with backoff: after a failed connect, calls to that address fail at once
+-- until the next attempt is due (50 ms, doubling to 1 s), so a dead address is not
+-- hammered and a restarted service is reached again within a second.
+local backoff = {}               -- key -> { next = time, delay = seconds, why = text }
+local BACKOFF_FIRST, BACKOFF_MAX = 0.05, 1
+
+-- "tcp://host:port", "unix:/path", or a bare "host:port" / "/path" / "@name"; anything
+-- else is a service name.
+local function address_of(target)
+   if target:sub(1, 6) == "tcp://" then return target:sub(7), "tcp" end
+   if target:sub(1, 5) == "unix:" then return target:sub(6), "unix" end
+   local first = target:sub(1, 1)
+   if first == "/" or first == "@" or target:sub(1, 2) == "./" then return target, "unix" end
+   if target:match("^%[?[%w%.:%-]+%]?:%d+$") then return target, "tcp" end
+   return nil
+end
+
+-- Waits until the peer's hello (and, with a cluster token, its proof) has arrived.
+local function await_introduction(peer, deadline)
+   while peer.alive and not peer.greeted do
+      if not peer.introduced:wait(deadline and math.max(0, deadline - core.now()), "luanet hello") then
+         return fail("timeout", "the peer did not introduce itself")
+      end
+   end
+   if not peer.alive then
+      local why = peer.lost_why
+      if why == "closed" or why == "connection reset" then
+         why = why .. (config.token and ": does it hold the same cluster token?" or " before it said hello")
+      end
+      return fail("connection lost", why)
+   end
+   return true
+end
+
+local get_peer
+
+-- A name: where the name service says it is, checked against the hello found there.
+local function get_named_peer(name, deadline)
+   if not internal.resolve then
+      return fail("no such service", ("no service is known as '%s' (no name service is configured)"):format(name))
+   end
+   local address, word, detail = internal.resolve(name, deadline)
+   if not address then return fail(word, detail) end
+   local peer, ok
+   peer, word, detail = get_peer(address, deadline)
+   if peer then
+      ok, word, detail = await_introduction(peer, deadline)
+      if ok and peer.name ~= name then
+         ok, word, detail = false, "no such service",
+            ("%s serves %s now, not %s"):format(address, tostring(peer.name), name)
+      end
+   end
+   if not (peer and ok) then
+      internal.forget(name)
+      return fail(word, detail)
+   end
+   if peers[name] ~= peer then bind(peer, name) end
+   return peer
+end
+
+function get_peer(target, deadline)
+   local peer = peers[target]
+   if peer and peer.alive then
+      if peer.authed then return peer end
+      local ok, word, detail = await_introduction(peer, deadline)
+      if not ok then return fail(word, detail) end
+      return peer
+   end
+   local addr, kind = address_of(target)
+   if not addr then return get_named_peer(target, deadline) end
+   local waiting = connecting[target]
+   if waiting then
+      local ok = waiting:wait(deadline and math.max(0, deadline - core.now()), "RPCCall")
+      if not ok then return fail("timeout", "connecting to " .. target) end
+      peer = peers[target]
+      if peer and peer.alive then return peer end
+      return fail("no such service", "could not connect to " .. target)
+   end
+   local failed = backoff[target]
+   if failed and core.now() < failed.next then
+      return fail("no such service", ("%s (next try in %.2f s)"):format(failed.why, failed.next - core.now()))
+   end
+   waiting = luanet.cond()
+   connecting[target] = waiting
+   local timeout = math.min(config.connect_timeout, deadline and math.max(0, deadline - core.now()) or math.huge)
+   local conn, word, detail
+   if kind == "tcp" then
+      conn, word, detail = luanet.tcp.connect(addr, { timeout = timeout })
+   else
+      conn, word, detail = luanet.unix.connect(addr, { timeout = timeout })
+   end
+   connecting[target] = nil
+   if conn then
+      backoff[target] = nil
+      peer = new_peer(conn, target, true)
+      greet(peer)
+      if config.token then
+         -- Nothing is sent to a peer before it has proved it holds the token.
+         local ok
+         ok, word, detail = await_introduction(peer, deadline)
+         if not ok then
+            lose(peer, word)
+            backoff[target] = { next = core.now() + BACKOFF_MAX, delay = BACKOFF_MAX,
+               why = ("%s: %s"):format(target, detail) }
+            waiting:broadcast()
+            return fail(word, detail)
+         end
+      end
+   else
+      local delay = failed and math.min(failed.delay * 2, BACKOFF_MAX) or BACKOFF_FIRST
+      backoff[target] = { next = core.now() + delay, delay = delay, why = ("%s: %s"):format(target, word) }
+   end
+   waiting:broadcast()
+   if not conn then
+      if word == "timeout" then return fail("timeout", "connecting to " .. target) end
+      return fail("no such service", ("%s: %s"):format(target, word))
+   end
+   return peer
+end
+
+-- A live connection to `target` with room in its outbox, and what is left of `timeout`.
+-- The common case (connected, with room) reads no clock.
+local function ready_peer(target, timeout)
+   local peer = peers[target]
+   if peer and peer.alive and peer.authed and peer.conn:buffered() <= config.outbox then return peer, timeout end
+   local deadline = core.now() + timeout
+   local word, detail, ok
+   peer, word, detail = get_peer(target, deadline)
+   if not peer then return nil, word, detail end
+   ok, word, detail = make_room(peer, deadline)
+   if not ok then return nil, word, detail end
+   return peer, math.max(0, deadline - core.now())
+end
+
+-- A write that failed: an encode error is the caller's value; anything else lost the
+-- connection.
+local function write_failed(peer, word, detail)
+   if word == "encode error" then return fail("encode error", detail) end
+   lose(peer, word)
+   return fail("connection lost", tostring(detail))
+end
+
+-- Accepts connections for the service; each says hello and gets its reader.
+function internal.serve(listener)
+   local accepted = 0
+   while true do
+      local conn, aerr = listener:accept()
+      if conn then
+         accepted = accepted + 1
+         greet(new_peer(conn, "conn:" .. accepted, false))
+      elseif aerr == "closed" then
+         return
+      else
+         core.report("StartLocalService: accept failed: " .. tostring(aerr))
+         luanet.sleep(0.05)
+      end
+   end
+end
+
+function internal.peer(key) return peers[key] end
+
+-- Open connections, and the calls waiting on them (service_stats).
+function internal.connection_stats()
+   local connections, waiting = 0, 0
+   for peer in pairs(live) do
+      connections = connections + 1
+      for _ in pairs(peer.pending) do waiting = waiting + 1 end
+   end
+   return connections, waiting, replaced
+end
+
+internal.ready_peer = ready_peer
+internal.write_failed = write_failed
+internal.address_of = address_of
+internal.await_introduction = await_introduction
+
+end
