@@ -19,6 +19,14 @@ local issued_nonces = {}      -- cluster token nonces we sent, until their peer 
 local function fail(word, detail) return nil, word, detail end
 local introduce               -- defined with the notifications
 
+-- Two connections lead to the same process when their hellos give the same name and the
+-- same listening address. A name alone is not enough: several name services all call
+-- themselves luanet.names, and a restarted service may briefly overlap its old self.
+local function same_service(a, b)
+   local ha, hb = a.hello, b.hello
+   return a.name == b.name and ha ~= nil and hb ~= nil and ha.address ~= nil and ha.address == hb.address
+end
+
 -- Decoded arrays carry this metatable (docs/codec.md): checking it here saves a C call
 -- per message.
 local ARRAY_MT = getmetatable(luanet.array())
@@ -56,7 +64,7 @@ local function lose(peer, why)
    -- A retired duplicate to the same service takes over what this one served.
    local heir
    for other in pairs(live) do
-      if other.retired and other.name == peer.name then heir = other break end
+      if other.retired and same_service(other, peer) then heir = other break end
    end
    if heir then heir.retired = false end
    for _, key in ipairs(peer.keys) do
@@ -140,8 +148,12 @@ function introduce(peer, name, address)
    peer.name = name
    local other = peers[name]
    if other and other.alive and other ~= peer then
-      settle_duplicate(other, peer)
-      if peers[name] ~= peer then return end
+      if same_service(other, peer) then
+         settle_duplicate(other, peer)
+         if peers[name] ~= peer then return end
+      end
+      -- Otherwise another process uses the same name: the name keeps leading where it
+      -- did; this connection is still found by its address.
    else
       bind(peer, name)
    end

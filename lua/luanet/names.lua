@@ -53,12 +53,14 @@ local function ask(deadline, method, ...)
    end
    local last
    local args = table.pack(...)
+   local first = preferred
    for i = 0, #name_services - 1 do
-      local k = (preferred - 1 + i) % #name_services + 1
+      local k = (first - 1 + i) % #name_services + 1
       local left = deadline - core.now()
       if left <= 0 then break end
-      -- One unreachable name service must not use up the whole budget.
-      local per_try = math.min(left, math.max(1, left / (#name_services - i)))
+      -- One unreachable or frozen name service must not use up the whole budget: each
+      -- still to be asked gets an equal share of what is left.
+      local per_try = left / (#name_services - i)
       args[args.n + 1] = luanet.call_options { timeout = per_try }
       local r, word, detail = luanet.RPCCall(name_services[k], method, table.unpack(args, 1, args.n + 1))
       if word == nil then
@@ -66,6 +68,8 @@ local function ask(deadline, method, ...)
          return true, r
       end
       last = ("%s: %s (%s)"):format(name_services[k], word, tostring(detail))
+      -- It failed: the next lookup starts with the one after it.
+      if preferred == k then preferred = k % #name_services + 1 end
    end
    return fail("no name service", "no name service answered: " .. (last or "out of time"))
 end
@@ -152,15 +156,21 @@ local function keeper(k)
          k.settled:broadcast()
          k.peer = internal.peer(k.ns)
          while not k.stopped and not k.dirty and k.peer and k.peer.alive do park(k) end
-      elseif word == "name taken" then
+      elseif word == "name taken" and k.state == nil then
+         -- Refused on the first try: the name is somebody else's (Register2Name says so).
          core.report(("Register2Name: %s refused the name %s: %s"):format(k.ns, name, tostring(detail)))
          k.state, k.detail, k.stopped = "refused", detail, true
          k.settled:broadcast()
       else
-         if k.state == "registered" then
-            core.report(("Register2Name: lost %s (%s); retrying"):format(k.ns, tostring(detail)))
+         -- Unreachable, or the name is held there (by a holder the name service has not
+         -- yet seen die, or by someone who took it while we were away): try again.
+         local state = word == "name taken" and "taken" or "unreachable"
+         if k.state == "registered" or (state == "taken" and k.state ~= "taken") then
+            core.report(("Register2Name: %s with %s (%s); retrying"):format(
+               state == "taken" and "the name is held by another service" or "lost the registration",
+               k.ns, tostring(detail)))
          end
-         k.state, k.detail = "unreachable", ("%s: %s (%s)"):format(k.ns, word, tostring(detail))
+         k.state, k.detail = state, ("%s: %s (%s)"):format(k.ns, word, tostring(detail))
          k.settled:broadcast()
          park(k, delay)
          delay = math.min(delay * 2, BACKOFF_MAX)
