@@ -16,6 +16,7 @@
 --   H.wait_for(pred, t)    poll pred() from a task every 10 ms until it is true or t s pass.
 --   H.tmpdir()             a fresh directory under /tmp (removed by H.rmdir).
 --   H.two(...)             { first, second } of a call's results (drops the detail text).
+--   H.CHILD_PUT            source that gives a child DIR and put(file, text) (atomic write).
 
 local luanet = require "luanet"
 
@@ -199,6 +200,18 @@ function H.bg(src, lang)
   if ctx then table.insert(ctx.cleanups, o.cleanup) end
   return o
 end
+
+-- Prepended to a child's source: DIR (the child's directory) and put(file, text), which
+-- writes a file there atomically, so a test polling for it never reads half of it.
+H.CHILD_PUT = [==[
+local DIR = arg[0]:match("^(.*)/[^/]*$")
+local function put(file, s)
+  local f = assert(io.open(DIR .. "/" .. file .. ".tmp", "wb"))
+  f:write(s)
+  f:close()
+  assert(os.rename(DIR .. "/" .. file .. ".tmp", DIR .. "/" .. file))
+end
+]==]
 
 -- The first two results only ({ value, word }): failures also return a detail text
 -- that may change, so specs compare just { nil, word }.

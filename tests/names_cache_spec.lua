@@ -7,30 +7,24 @@
 local luanet = require "luanet"
 local H = require "helper"
 
-local NAMESERVICE = [==[
+local NAMESERVICE = H.CHILD_PUT .. [==[
 local luanet = require "luanet"
-local DIR = arg[0]:match("^(.*)/[^/]*$")
 luanet.spawn(function() luanet.sleep(25) os.exit(3) end)   -- never outlive the suite
 luanet.run(function()
   assert(luanet.StartNameService("127.0.0.1:0"))
-  local f = assert(io.open(DIR .. "/addr.tmp", "w"))
-  f:write(luanet.service_listener:local_addr())
-  f:close()
-  os.rename(DIR .. "/addr.tmp", DIR .. "/addr")
+  put("addr", luanet.service_listener:local_addr())
 end)
 ]==]
 
-local SERVICE = [==[
+local SERVICE = H.CHILD_PUT .. [==[
 local luanet = require "luanet"
-local DIR = arg[0]:match("^(.*)/[^/]*$")
 luanet.RegRPCFunction("Plus", function(t) return t.a + t.b end)
 luanet.RegRPCFunction("Where", function() return luanet.service_listener:local_addr() end)
 luanet.spawn(function() luanet.sleep(25) os.exit(3) end)
 luanet.run(function()
   assert(luanet.StartLocalService(@@NAME@@, "127.0.0.1:0"))
   assert(luanet.Register2Name(@@NS@@))
-  local f = assert(io.open(DIR .. "/ready", "w"))
-  f:close()
+  put("ready", "yes")
 end)
 ]==]
 

@@ -33,15 +33,8 @@ end
 local PYTHON = "/usr/bin/python3" -- has msgpack; the python3 first on PATH may not
 
 -- What every child starts with.
-local PRELUDE = [==[
+local PRELUDE = H.CHILD_PUT .. [==[
 local luanet = require "luanet"
-local DIR = arg[0]:match("^(.*)/[^/]*$")
-local function put(file, s)
-  local f = assert(io.open(DIR .. "/" .. file .. ".tmp", "wb"))
-  f:write(s)
-  f:close()
-  assert(os.rename(DIR .. "/" .. file .. ".tmp", DIR .. "/" .. file))
-end
 local function uptime()
   local f = assert(io.open("/proc/uptime"))
   local t = f:read("n")

@@ -16,16 +16,9 @@ local PYTHON = "/usr/bin/python3" -- has msgpack; the python3 first on PATH may 
 
 -- A service child. @@NAME@@, @@KIND@@ ("tcp" or "unix") and @@EXTRA@@ (code run before
 -- the loop: settings, more handlers, tasks) are filled in by start_service.
-local SERVICE = [==[
+local SERVICE = H.CHILD_PUT .. [==[
 local luanet = require "luanet"
 local NAME, KIND = @@NAME@@, @@KIND@@
-local DIR = arg[0]:match("^(.*)/[^/]*$")
-local function put(file, s)
-  local f = assert(io.open(DIR .. "/" .. file .. ".tmp", "wb"))
-  f:write(s)
-  f:close()
-  assert(os.rename(DIR .. "/" .. file .. ".tmp", DIR .. "/" .. file))
-end
 local active = 0
 luanet.RegRPCFunction("Plus", function(t) return t.a + t.b end)
 luanet.RegRPCFunction("Echo", function(...) return luanet.array(table.pack(...)) end)

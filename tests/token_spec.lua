@@ -10,18 +10,14 @@ local H = require "helper"
 
 local TOKEN = "correct horse battery staple"
 
-local SERVICE = [==[
+local SERVICE = H.CHILD_PUT .. [==[
 local luanet = require "luanet"
-local DIR = arg[0]:match("^(.*)/[^/]*$")
 luanet.configure({ token = @@TOKEN@@, connect_timeout = 1 })
 luanet.RegRPCFunction("Plus", function(t) return t.a + t.b end)
 luanet.spawn(function() luanet.sleep(25) os.exit(3) end)   -- never outlive the suite
 luanet.run(function()
   assert(luanet.StartLocalService("Vault", "127.0.0.1:0"))
-  local f = assert(io.open(DIR .. "/addr.tmp", "w"))
-  f:write(luanet.service_listener:local_addr())
-  f:close()
-  os.rename(DIR .. "/addr.tmp", DIR .. "/addr")
+  put("addr", luanet.service_listener:local_addr())
 end)
 ]==]
 
