@@ -1,6 +1,6 @@
 //! What the cluster token handshake needs from native code (docs/PROTOCOL.md,
 //! "Cluster token"): HMAC-SHA-256, a constant-time check of a proof, and nonces from the
-//! kernel's random source. The handshake itself is in `lua/luanet/service.lua`.
+//! kernel's random source. The handshake itself is in `lua/luanet/connections.lua`.
 
 use std::ffi::c_int;
 

@@ -36,10 +36,12 @@ unsafe fn read_array_attempt(l: *mut lua_State, r: &Reactor, key: usize, generat
 const MAX_SPREAD: usize = 64;
 
 unsafe fn read_attempt(l: *mut lua_State, r: &Reactor, key: usize, generation: u32, spread: bool) -> Result<Attempt, Raise> {
-    let limits = r.codec.limits.get();
+    let codec_limits = r.codec.limits.get();
     let next = with_socket(r, key, generation, |s| loop {
         let data = s.received();
         if !data.is_empty() {
+            let mut limits = codec_limits;
+            limits.max_size = s.message_limit(codec_limits.max_size);
             let window = &data[..data.len().min(limits.max_size)];
             match decode::check(window, 0, &limits) {
                 Ok(end) => return Next::Value(data.as_ptr(), end),

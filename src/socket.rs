@@ -101,6 +101,9 @@ pub struct Cold {
     pub timeout_ms: Option<u64>,
     pub high_water: usize,
     pub line_limit: usize,
+    /// Largest message read_message / read_array accept, below the codec's max_size
+    /// (0: the codec's). The services layer keeps it small until a peer authenticates.
+    pub message_limit: usize,
     pub owned_path: Option<OwnedPath>,
     /// After the process ran out of descriptors, accept tries again only from here (ms).
     pub accept_retry_at: Option<u64>,
@@ -114,6 +117,7 @@ impl Default for Cold {
             timeout_ms: None,
             high_water: DEFAULT_HIGH_WATER,
             line_limit: DEFAULT_LINE_LIMIT,
+            message_limit: 0,
             owned_path: None,
             accept_retry_at: None,
         }
@@ -150,6 +154,14 @@ impl Socket {
 
     pub fn write_error(&self) -> Option<&(&'static str, String)> {
         self.cold.as_ref().and_then(|c| c.write_error.as_ref())
+    }
+
+    /// The message size limit for this socket, given the codec's.
+    pub fn message_limit(&self, codec_max: usize) -> usize {
+        match self.cold.as_ref().map_or(0, |c| c.message_limit) {
+            0 => codec_max,
+            n => n.min(codec_max),
+        }
     }
 
     pub fn timeout_ms(&self) -> Option<u64> {

@@ -617,6 +617,13 @@ unsafe extern "C-unwind" fn set_line_limit(l: *mut lua_State) -> c_int {
     }))
 }
 
+unsafe extern "C-unwind" fn set_message_limit(l: *mut lua_State) -> c_int {
+    lua::entry(l, || set_size(l, "set_message_limit", |s, n| {
+        s.cold_mut().message_limit = n;
+        Ok(())
+    }))
+}
+
 unsafe extern "C-unwind" fn set_send_buffer(l: *mut lua_State) -> c_int {
     lua::entry(l, || set_size(l, "set_send_buffer", |s, n| s.fd.set_send_buffer_size(n)))
 }
@@ -667,6 +674,7 @@ pub const METHODS: &[(&CStr, ffi::lua_CFunction)] = &[
     (c"shutdown", shutdown),
     (c"set_high_water", set_high_water),
     (c"set_line_limit", set_line_limit),
+    (c"set_message_limit", set_message_limit),
     (c"set_cork", set_cork),
     (c"set_background", set_background),
     (c"read_message", crate::message::read_message),

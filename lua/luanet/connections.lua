@@ -14,7 +14,14 @@ local config = internal.config
 local peers = {}              -- address or name -> peer (a peer has several keys)
 local live = {}               -- peer -> true while its connection is open
 local replaced = 0            -- duplicate connections retired (service_stats)
-local issued_nonces = {}      -- cluster token nonces we sent, until their peer authenticates
+local issued_nonces = {}      -- cluster token nonce we sent -> its peer, until that peer authenticates
+local unauthenticated = 0     -- accepted connections that have not proved the token yet
+
+-- With a cluster token: the largest message accepted before a peer has proved it holds
+-- the token (a hello or a proof is far smaller), and how many such peers may wait at once.
+local UNAUTHENTICATED_MESSAGE = 1024
+local MAX_UNAUTHENTICATED = 64
+local NONCE = 16              -- bytes; fixed, so the concatenations in a proof are unambiguous
 
 local function fail(word, detail) return nil, word, detail end
 local introduce               -- defined with the notifications
@@ -49,6 +56,7 @@ local function new_peer(conn, key, dialed)
    conn:set_cork(true)                -- many calls in flight, one send per loop turn
    conn:set_high_water(1 << 40)       -- this layer bounds the outbox itself (config.outbox)
    conn:set_background(true)          -- an open connection alone does not keep run() going
+   if not peer.authed then conn:set_message_limit(UNAUTHENTICATED_MESSAGE) end
    peer.heard = core.now()
    peer.started = peer.heard
    live[peer] = true
@@ -80,6 +88,7 @@ local function lose(peer, why)
    end
    peer.lost_why = why or "closed"
    if peer.my_nonce then issued_nonces[peer.my_nonce] = nil end
+   if peer.counted_unauthenticated then unauthenticated = unauthenticated - 1 end
    peer.drained:broadcast()
    peer.introduced:broadcast()
    for _, hook in ipairs(internal.lost) do hook(peer) end
@@ -110,10 +119,16 @@ local function address_keys(peer, address)
    if path then return { address, path } end
    local host, port = address:match("^tcp://(.+):(%d+)$")
    if not host then return {} end
+   local from = peer.conn:peer_addr()
+   local source = from and from:match("^(.+):%d+$")
    if host == "0.0.0.0" or host == "[::]" then
-      local from = peer.conn:peer_addr()
-      host = from and from:match("^(.+):%d+$")
+      host = source
       if not host then return {} end
+   elseif not peer.authed_by_token and host ~= source then
+      -- Without a cluster token nothing proves the claim: a peer may only speak for an
+      -- address on the host it connects from, so it cannot capture calls meant for
+      -- another machine's services.
+      return {}
    end
    local hostport = host .. ":" .. port
    return { "tcp://" .. hostport, hostport }
@@ -164,8 +179,9 @@ function introduce(peer, name, address)
 end
 
 -- The cluster token handshake (docs/PROTOCOL.md, "Cluster token"). A proof covers both
--- nonces and the prover's role, and a hello that carries one of our own outstanding
--- nonces is refused: a proof obtained on one connection is useless on any other.
+-- fixed-length nonces and the prover's role, and a hello that carries one of our own
+-- outstanding nonces is refused, so nobody can make us prove for a nonce of their choosing
+-- and replay it. It authenticates the ends once; it does not protect what follows.
 
 local function auth_text(peer, mine)
    local dialer = peer.dialed == mine       -- is the prover the side that dialed?
@@ -175,6 +191,14 @@ local function auth_text(peer, mine)
 end
 
 local function proof(peer, mine) return core.hmac_sha256(config.token, auth_text(peer, mine)) end
+
+-- A process that connects to itself sees its own nonce come back: that is no attack when
+-- the two ends of this connection are the two ends of the one that issued it.
+local function is_self_connection(issuer, peer)
+   local a, b = issuer.conn, peer.conn
+   local al, ar, bl, br = a:local_addr(), a:peer_addr(), b:local_addr(), b:peer_addr()
+   return al ~= nil and ar ~= nil and al == br and ar == bl
+end
 
 local function on_notify(peer, method, params)
    if type(method) ~= "string" or not is_array(params) then return false end
@@ -186,9 +210,9 @@ local function on_notify(peer, method, params)
          introduce(peer, name, peer.hello.address)
       elseif not peer.my_nonce then
          return false, "the cluster token was configured after this connection opened"
-      elseif type(nonce) ~= "string" or #nonce < 16 then
+      elseif type(nonce) ~= "string" or #nonce ~= NONCE then
          return false, "the peer did not offer to prove it holds the cluster token"
-      elseif issued_nonces[nonce] then
+      elseif issued_nonces[nonce] and not is_self_connection(issued_nonces[nonce], peer) then
          return false, "the peer sent back one of our own nonces (a reflection attempt)"
       else
          peer.their_nonce = nonce
@@ -201,13 +225,21 @@ local function on_notify(peer, method, params)
          or not core.hmac_verify(config.token, auth_text(peer, false), got) then
          return false, "wrong cluster token"
       end
-      peer.authed = true
+      peer.authed, peer.authed_by_token = true, true
       issued_nonces[peer.my_nonce] = nil
+      if peer.counted_unauthenticated then
+         peer.counted_unauthenticated = false
+         unauthenticated = unauthenticated - 1
+      end
+      peer.conn:set_message_limit(1 << 31)     -- from now on, the codec's max_size
       introduce(peer, peer.hello.name, peer.hello.address)
    elseif method ~= "luanet.ping" then
       if not peer.authed then return false, "not authenticated" end
       local hook = internal.notify[method]
-      if hook then hook(peer, params) end
+      if hook then
+         local ok, why = hook(peer, params)
+         if ok == false then return false, why end
+      end
    end
    return true
 end
@@ -219,7 +251,21 @@ local NO_PARAMS = luanet.array()
 
 local function idle_duplicate(peer)
    return peer.retired and peer.dialed and next(peer.pending) == nil and peer.handling == 0
-      and core.now() - peer.used >= 2 * config.heartbeat
+      and not peer.held and core.now() - peer.used >= 2 * config.heartbeat
+end
+
+-- A peer that reads nothing of what we send for three heartbeats (our outbox to it stays
+-- over its limit and does not shrink) is treated like one that sends nothing: without
+-- this, replies and pings to a client that never reads would pile up without bound.
+local function stopped_reading(peer)
+   local queued = peer.conn:buffered()
+   if queued <= config.outbox or queued < (peer.queued_before or math.huge) then
+      peer.stalled_since, peer.queued_before = nil, queued
+      return false
+   end
+   peer.stalled_since = peer.stalled_since or core.now()
+   peer.queued_before = queued
+   return core.now() - peer.stalled_since >= 3 * config.heartbeat - 0.001
 end
 
 local function pinger(peer)
@@ -230,7 +276,17 @@ local function pinger(peer)
          core.report(("connection %s: did not prove it holds the cluster token; closing it"):format(peer.key))
          return lose(peer, "not authenticated")
       end
-      if peer.alive then peer.conn:write_array(NOTIFY, "luanet.ping", NO_PARAMS) end
+      if stopped_reading(peer) then
+         core.report(("connection %s: the peer has read nothing for %g s; closing it")
+            :format(peer.name or peer.key, 3 * config.heartbeat))
+         return lose(peer, "the peer stopped reading")
+      end
+      if peer.alive then
+         -- A failed ping means the peer is gone, even while our reader is held back by a
+         -- full inbox and cannot see the connection end.
+         local ok, word = peer.conn:write_array(NOTIFY, "luanet.ping", NO_PARAMS)
+         if not ok then return lose(peer, word) end
+      end
    end
 end
 
@@ -244,6 +300,9 @@ end
 local function reader(peer)
    local conn = peer.conn
    local on_request, on_response = internal.on_request, internal.on_response
+   -- However this task ends (an error in a hook, or closed by run() while it waited), the
+   -- connection ends with it: a connection nobody reads would only time out its callers.
+   local _ <close> = setmetatable({}, { __close = function() lose(peer, peer.lost_why or "reader ended") end })
    while peer.alive do
       -- The envelope's elements come back as values: no table per message.
       -- Pings arrive every heartbeat: three heartbeats of silence mean the peer is gone.
@@ -263,7 +322,11 @@ local function reader(peer)
          if kind == NOTIFY and n == 3 then ok, why = on_notify(peer, a, b)
          elseif not peer.authed then why = "not authenticated"
          elseif kind == RESPONSE and n == 4 then ok = on_response(peer, a, b, c)
-         elseif kind == REQUEST and n == 4 then ok = on_request(peer, a, b, c)
+         elseif kind == REQUEST and n == 4 then
+            -- Requests make replies: take no more while the replies already queued to this
+            -- peer are over the outbox limit (the pinger drops a peer that stopped reading).
+            if conn:buffered() > config.outbox then make_room(peer, nil) end
+            ok = on_request(peer, a, b, c)
          end
          if not ok then
             core.report(("connection %s: %s; closing it"):format(peer.name or peer.key,
@@ -279,7 +342,7 @@ local function greet(peer)
    local hello = luanet.array { internal.name or "", internal.address }
    if config.token then
       peer.my_nonce = core.random_bytes(16)
-      issued_nonces[peer.my_nonce] = true
+      issued_nonces[peer.my_nonce] = peer
       hello[2], hello[3] = internal.address or false, peer.my_nonce
    end
    peer.conn:write_array(NOTIFY, "luanet.hello", hello)
@@ -298,6 +361,24 @@ local connecting = {}            -- key -> cond of callers waiting for that conn
 -- hammered and a restarted service is reached again within a second.
 local backoff = {}               -- key -> { next = time, delay = seconds, why = text }
 local BACKOFF_FIRST, BACKOFF_MAX = 0.05, 1
+local backoff_count, BACKOFF_SWEEP = 0, 1024   -- past this many entries, forget stale ones
+
+local function remember_failure(target, entry)
+   if not backoff[target] then backoff_count = backoff_count + 1 end
+   backoff[target] = entry
+   if backoff_count > BACKOFF_SWEEP then
+      local now = core.now()
+      for key, e in pairs(backoff) do
+         if e.next + BACKOFF_MAX < now then
+            backoff[key], backoff_count = nil, backoff_count - 1
+         end
+      end
+   end
+end
+
+local function forget_failure(target)
+   if backoff[target] then backoff[target], backoff_count = nil, backoff_count - 1 end
+end
 
 -- "tcp://host:port", "unix:/path", or a bare "host:port" / "/path" / "@name"; anything
 -- else is a service name.
@@ -368,7 +449,7 @@ function get_peer(target, deadline)
       local ok = waiting:wait(deadline and math.max(0, deadline - core.now()), "RPCCall")
       if not ok then return fail("timeout", "connecting to " .. target) end
       peer = peers[target]
-      if peer and peer.alive then return peer end
+      if peer and peer.alive then return get_peer(target, deadline) end
       return fail("no such service", "could not connect to " .. target)
    end
    local failed = backoff[target]
@@ -386,29 +467,31 @@ function get_peer(target, deadline)
    end
    connecting[target] = nil
    if conn then
-      backoff[target] = nil
+      forget_failure(target)
       peer = new_peer(conn, target, true)
       greet(peer)
-      if config.token then
-         -- Nothing is sent to a peer before it has proved it holds the token.
-         local ok
-         ok, word, detail = await_introduction(peer, deadline)
-         if not ok then
-            lose(peer, word)
-            backoff[target] = { next = core.now() + BACKOFF_MAX, delay = BACKOFF_MAX,
-               why = ("%s: %s"):format(target, detail) }
-            waiting:broadcast()
-            return fail(word, detail)
-         end
-      end
    else
       local delay = failed and math.min(failed.delay * 2, BACKOFF_MAX) or BACKOFF_FIRST
-      backoff[target] = { next = core.now() + delay, delay = delay, why = ("%s: %s"):format(target, word) }
+      remember_failure(target, { next = core.now() + delay, delay = delay, why = ("%s: %s"):format(target, word) })
    end
    waiting:broadcast()
    if not conn then
       if word == "timeout" then return fail("timeout", "connecting to " .. target) end
       return fail("no such service", ("%s: %s"):format(target, word))
+   end
+   if not peer.authed then
+      -- Nothing is sent to a peer before it has proved it holds the token. This caller
+      -- waits as long as its own deadline allows; the handshake itself has until
+      -- connect_timeout (the pinger ends it then), whoever is waiting.
+      local ok
+      ok, word, detail = await_introduction(peer, deadline)
+      if not ok then
+         if not peer.alive then
+            remember_failure(target, { next = core.now() + BACKOFF_MAX, delay = BACKOFF_MAX,
+               why = ("%s: %s"):format(target, detail) })
+         end
+         return fail(word, detail)
+      end
    end
    return peer
 end
@@ -437,12 +520,26 @@ end
 
 -- Accepts connections for the service; each says hello and gets its reader.
 function internal.serve(listener)
-   local accepted = 0
+   local accepted, turned_away = 0, 0
    while true do
       local conn, aerr = listener:accept()
-      if conn then
+      if conn and config.token and unauthenticated >= MAX_UNAUTHENTICATED then
+         -- Too many strangers are still to prove themselves: this one is not even greeted.
+         conn:close()
+         turned_away = turned_away + 1
+         if turned_away == 1 or turned_away % 1000 == 0 then
+            core.report(("StartLocalService: %d connection(s) turned away: %d are still to prove the cluster token")
+               :format(turned_away, MAX_UNAUTHENTICATED))
+         end
+      elseif conn then
          accepted = accepted + 1
-         greet(new_peer(conn, "conn:" .. accepted, false))
+         -- "#" keeps the key from ever reading as a host:port address.
+         local peer = new_peer(conn, "conn#" .. accepted, false)
+         if not peer.authed then
+            peer.counted_unauthenticated = true
+            unauthenticated = unauthenticated + 1
+         end
+         greet(peer)
       elseif aerr == "closed" then
          return
       else
@@ -453,6 +550,14 @@ function internal.serve(listener)
 end
 
 function internal.peer(key) return peers[key] end
+
+-- The live connection that takes over from `peer` (a duplicate of it), if any.
+function internal.successor(peer)
+   local next_peer = peer.name and peers[peer.name]
+   if next_peer and next_peer ~= peer and next_peer.alive and same_service(next_peer, peer) then
+      return next_peer
+   end
+end
 
 -- Open connections, and the calls waiting on them (service_stats).
 function internal.connection_stats()

@@ -18,6 +18,7 @@ local missing = {}           -- name -> time until which "not registered" is bel
 local lookups = {}           -- name -> cond shared by concurrent lookups of that name
 local keepers = {}           -- name service address -> its registration keeper
 local MISSING_FOR = 1        -- seconds; a push from the name service ends it sooner
+local missing_count, MISSING_MAX = 0, 10000   -- past this, the remembered misses are dropped
 local BACKOFF_FIRST, BACKOFF_MAX = 0.05, 1
 
 local function fail(word, detail) return nil, word, detail end
@@ -104,6 +105,8 @@ function internal.resolve(name, deadline)
    if ok and type(result) == "string" then
       cache[name], missing[name] = result, nil
    elseif ok then
+      if not missing[name] then missing_count = missing_count + 1 end
+      if missing_count > MISSING_MAX then missing, missing_count = {}, 1 end
       missing[name] = core.now() + MISSING_FOR
    end
    waiting:broadcast()
@@ -156,10 +159,11 @@ local function keeper(k)
          k.settled:broadcast()
          k.peer = internal.peer(k.ns)
          while not k.stopped and not k.dirty and k.peer and k.peer.alive do park(k) end
-      elseif word == "name taken" and k.state == nil then
-         -- Refused on the first try: the name is somebody else's (Register2Name says so).
+      elseif (word == "name taken" and k.state == nil) or word == "bad request" then
+         -- Refused on the first try (the name is somebody else's), or refused for good
+         -- (a name or function list the name service does not take): Register2Name says so.
          core.report(("Register2Name: %s refused the name %s: %s"):format(k.ns, name, tostring(detail)))
-         k.state, k.detail, k.stopped = "refused", detail, true
+         k.state, k.word, k.detail, k.stopped = "refused", word, detail, true
          k.settled:broadcast()
       else
          -- Unreachable, or the name is held there (by a holder the name service has not
@@ -218,7 +222,7 @@ function luanet.Register2Name(list)
    for _, ns in ipairs(list) do
       local k = keepers[ns]
       if k.state == "registered" then registered = registered + 1 end
-      if k.state == "refused" then refused = k.detail end
+      if k.state == "refused" then refused = k end
       why = why or k.detail
    end
    if refused then
@@ -231,7 +235,7 @@ function luanet.Register2Name(list)
          end
       end
       keepers = {}
-      return fail("name taken", refused)
+      return fail(refused.word, refused.detail)
    end
    if registered == 0 then
       return fail("no name service", (why or "no name service answered") .. "; still trying")

@@ -12,7 +12,7 @@ local core = require "luanet.core"
 return function(luanet, internal)
 
 local MAX_NAME = 256              -- bytes in a service or function name
-local MAX_FUNCTIONS = 10000       -- functions one registration may list
+local MAX_FUNCTIONS = 1000        -- functions one registration may list
 local MAX_NAMES_PER_PEER = 64     -- names one connection may hold
 local MAX_NAMES = 100000          -- registrations held at once
 local MAX_WATCHES_PER_PEER = 10000
@@ -164,8 +164,32 @@ local function stats()
             resolves = served.resolve, providers = served.providers }
 end
 
+-- A duplicate connection to a service closed while its twin stays: what the service
+-- registered or watched over it now belongs to the twin (nothing is dropped).
+local function hand_over(peer, twin)
+   local names = held[peer]
+   held[peer] = nil
+   if names then
+      held[twin] = held[twin] or {}
+      for name in pairs(names) do
+         if regs[name] and regs[name].peer == peer then regs[name].peer = twin end
+         held[twin][name] = true
+      end
+   end
+   local w = watching[peer]
+   watching[peer] = nil
+   if w then
+      for name in pairs(w.names) do
+         if watchers[name] then watchers[name][peer] = nil end
+         watch(twin, name)
+      end
+   end
+end
+
 internal.lost[#internal.lost + 1] = function(peer)
    if not started then return end
+   local twin = internal.successor(peer)
+   if twin then return hand_over(peer, twin) end
    local names = held[peer]
    held[peer] = nil
    if names then
@@ -199,6 +223,16 @@ function luanet.StartNameService(addr)
       end
       local ok, word, detail = luanet.StartLocalService("luanet.names", addr)
       if not ok then return nil, word, detail end
+      -- Nobody reads the inbox of a process that only serves names: messages sent to it
+      -- are dropped (and counted) instead of filling it and holding their connections.
+      local dropped = 0
+      internal.notify["luanet.msg"] = function()
+         dropped = dropped + 1
+         if dropped == 1 or dropped % 10000 == 0 then
+            core.report(("name service: %d message(s) dropped: a name service has no inbox"):format(dropped))
+         end
+         return true
+      end
    elseif not internal.self() then
       error("StartNameService: bad argument #1 'addr' (an address is needed: this process is not a service yet)", 2)
    end

@@ -94,8 +94,13 @@ local function respond(peer, msgid, err, result)
    if peer.alive then peer.conn:write_array(RESPONSE, msgid, err, result) end
 end
 
+-- Unpacking runs inside the pcall: a peer can send more arguments than Lua can unpack.
+local function call_handler(handler, params)
+   return handler(unpack(params, 1, params.n or #params))
+end
+
 local function run_handler(peer, msgid, handler, params)
-   local ok, result = pcall(handler, unpack(params, 1, params.n or #params))
+   local ok, result = pcall(call_handler, handler, params)
    active_handlers = active_handlers - 1
    peer.handling = peer.handling - 1
    if ok then
@@ -226,7 +231,17 @@ end
 -- peer's sends back up to its own outbox limit and hold its sending tasks (memory stays
 -- bounded end to end).
 internal.notify["luanet.msg"] = function(peer, params)
-   get_inbox():put(params[2], peer.name or peer.key)
+   local msg = params[2]
+   if msg == nil then return false, "a luanet.msg without a message" end
+   if peer.retired then peer.used = core.now() end
+   -- The sender as a target that leads back over this connection: its name, unless that
+   -- name leads to another process (two processes may claim one name).
+   local from = peer.name
+   if not from or internal.peer(from) ~= peer then from = peer.key end
+   peer.held = true
+   get_inbox():put(msg, from)
+   peer.held = false
+   return true
 end
 
 --- StartLocalService(name, addr, [opts]) -> true | nil, word, detail
