@@ -164,6 +164,21 @@ local function stats()
             resolves = served.resolve, providers = served.providers }
 end
 
+-- Takes `peer` off every watch list; with a twin, the twin watches those names instead.
+local function move_watches(peer, twin)
+   local w = watching[peer]
+   watching[peer] = nil
+   if not w then return end
+   for name in pairs(w.names) do
+      local list = watchers[name]
+      if list then
+         list[peer] = nil
+         if next(list) == nil then watchers[name] = nil end
+      end
+      if twin then watch(twin, name) end
+   end
+end
+
 -- A duplicate connection to a service closed while its twin stays: what the service
 -- registered or watched over it now belongs to the twin (nothing is dropped).
 local function hand_over(peer, twin)
@@ -176,14 +191,7 @@ local function hand_over(peer, twin)
          held[twin][name] = true
       end
    end
-   local w = watching[peer]
-   watching[peer] = nil
-   if w then
-      for name in pairs(w.names) do
-         if watchers[name] then watchers[name][peer] = nil end
-         watch(twin, name)
-      end
-   end
+   move_watches(peer, twin)
 end
 
 internal.lost[#internal.lost + 1] = function(peer)
@@ -198,16 +206,7 @@ internal.lost[#internal.lost + 1] = function(peer)
          drop(name)
       end
    end
-   local w = watching[peer]
-   watching[peer] = nil
-   if w then
-      for name in pairs(w.names) do
-         if watchers[name] then
-            watchers[name][peer] = nil
-            if next(watchers[name]) == nil then watchers[name] = nil end
-         end
-      end
-   end
+   move_watches(peer)
 end
 
 --- luanet.StartNameService([addr]) -> true | nil, word, detail
