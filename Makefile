@@ -41,6 +41,7 @@ bench: local
 	$(LUAENV) bench/run
 	$(LUAENV) bench/rpc
 	$(LUAENV) bench/restart
+	$(LUAENV) lua5.4 bench/log.lua
 
 # A .src.rock that installs with no rocks server: `luarocks --lua-version 5.4 install luanet-scm-1.src.rock`.
 rock:

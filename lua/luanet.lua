@@ -296,5 +296,7 @@ local internal = require("luanet.service")(luanet)
 -- Services by name (docs/names.md): the resolver and registration, and the name service.
 require("luanet.names")(luanet, internal)
 require("luanet.nameservice")(luanet, internal)
+-- Asynchronous logging (docs/log.md).
+require("luanet.log")(luanet)
 
 return luanet

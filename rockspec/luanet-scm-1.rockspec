@@ -29,6 +29,7 @@ build = {
          ["luanet.connections"] = "lua/luanet/connections.lua",
          ["luanet.names"] = "lua/luanet/names.lua",
          ["luanet.nameservice"] = "lua/luanet/nameservice.lua",
+         ["luanet.log"] = "lua/luanet/log.lua",
       },
    },
 }

@@ -17,6 +17,9 @@
 //! * `msgpack/`: the codec: `encode.rs` walks the Lua stack, `decode.rs` checks then builds.
 //! * `address.rs`, `errors.rs`: address strings; the stable error words.
 //! * `auth.rs`: HMAC and nonces for the cluster token handshake.
+//! * `signals.rs`: SIGINT and SIGTERM stop a running loop gracefully.
+//! * `log/`: asynchronous logging: the bounded queue and its writer thread (`mod.rs`),
+//!   line formats (`line.rs`), files and rotation (`sink.rs`).
 //!
 //! The core never calls `coroutine.yield` from Lua: a blocking call that would wait
 //! registers the running task and yields a private sentinel with `lua_yieldk`; the loop
@@ -34,10 +37,12 @@ pub mod buffer;
 pub mod datagram;
 pub mod errors;
 pub mod listener;
+pub mod log;
 pub mod lua;
 pub mod message;
 pub mod msgpack;
 pub mod reactor;
+pub mod signals;
 pub mod socket;
 pub mod stream;
 pub mod task;
@@ -88,6 +93,7 @@ unsafe extern "C-unwind" fn reactor_gc(l: *mut lua_State) -> c_int {
     }
     (*(*slot).reactor).close_all_tasks(l);
     (*(*slot).reactor).linger_on_exit(std::time::Duration::from_secs(2));
+    log::flush_at_exit();
     let reactor = Box::from_raw((*slot).reactor);
     (*slot).reactor = std::ptr::null_mut();
     drop(reactor);
@@ -114,6 +120,10 @@ const FUNCTIONS: &[(&CStr, ffi::lua_CFunction)] = &[
     (c"hmac_sha256", auth::hmac_sha256),
     (c"hmac_verify", auth::hmac_verify),
     (c"random_bytes", auth::random_bytes),
+    (c"log_write", log::log_write),
+    (c"log_configure", log::log_configure),
+    (c"log_flush", log::log_flush),
+    (c"log_stats", log::log_stats),
     (c"tcp_listen", tcp::listen),
     (c"tcp_connect", tcp::connect),
     (c"udp_bind", udp::bind),

@@ -31,8 +31,12 @@ pub unsafe extern "C-unwind" fn spawn(l: *mut lua_State) -> c_int {
 /// `core.run()`
 pub unsafe extern "C-unwind" fn run(l: *mut lua_State) -> c_int {
     lua::entry(l, || {
-        reactor(l).run(l)?;
-        Ok(lua::push_true(l))
+        let r = reactor(l);
+        r.run(l)?;
+        match r.interrupted() {
+            Some(sig) => Ok(lua::push_fail(l, "interrupted", crate::signals::name(sig))),
+            None => Ok(lua::push_true(l)),
+        }
     })
 }
 
