@@ -481,6 +481,10 @@ impl Reactor {
         let signals = self.signal_pipe.as_ref().map(crate::signals::install);
         let outcome = self.turns(l);
         drop(signals);
+        // A signal that came after the last poll (the loop then went idle) still counts.
+        if let Some(sig) = self.signal_pipe.as_ref().and_then(|p| p.take()) {
+            self.interrupted.set(sig);
+        }
         self.running.set(false);
         if outcome.is_ok() && !self.stop_requested.get() {
             self.close_stranded_tasks(l);

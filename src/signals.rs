@@ -5,7 +5,9 @@
 //! SIGINT handler, or the default).
 //!
 //! The handler only stores the signal number and writes a byte to a pipe the loop polls:
-//! both are async-signal-safe.
+//! both are async-signal-safe. It runs once (SA_RESETHAND): a second signal before the loop
+//! has stopped (a task that never yields keeps it from stopping) takes the default action
+//! and ends the process, as a second Ctrl-C should.
 
 use std::ffi::c_int;
 use std::io;
@@ -18,6 +20,8 @@ static CAUGHT: AtomicI32 = AtomicI32::new(0);
 const SIGNALS: [c_int; 2] = [libc::SIGINT, libc::SIGTERM];
 
 extern "C" fn on_signal(sig: c_int) {
+    // The interrupted code may be looking at errno: keep it as it was.
+    let saved = unsafe { *libc::__errno_location() };
     CAUGHT.store(sig, Ordering::Relaxed);
     let fd = WAKE_FD.load(Ordering::Relaxed);
     if fd >= 0 {
@@ -25,6 +29,7 @@ extern "C" fn on_signal(sig: c_int) {
         // A full pipe already holds a wake-up: nothing to do about a failed write here.
         unsafe { libc::write(fd, (&byte as *const u8).cast(), 1) };
     }
+    unsafe { *libc::__errno_location() = saved };
 }
 
 /// The pipe the handler writes to; its read end is registered with the loop's poll.
@@ -66,7 +71,7 @@ pub fn install(pipe: &WakePipe) -> Installed {
         unsafe {
             let mut action: libc::sigaction = std::mem::zeroed();
             action.sa_sigaction = on_signal as *const () as libc::sighandler_t;
-            action.sa_flags = libc::SA_RESTART;
+            action.sa_flags = libc::SA_RESTART | libc::SA_RESETHAND;
             libc::sigemptyset(&mut action.sa_mask);
             let mut old: libc::sigaction = std::mem::zeroed();
             if libc::sigaction(sig, &action, &mut old) == 0 {

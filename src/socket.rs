@@ -104,6 +104,9 @@ pub struct Cold {
     /// Largest message read_message / read_array accept, below the codec's max_size
     /// (0: the codec's). The services layer keeps it small until a peer authenticates.
     pub message_limit: usize,
+    /// Bytes handed to the kernel so far, counted once a socket has cold state (the
+    /// services layer's connections do): its progress shows a peer that stopped reading.
+    pub sent: u64,
     pub owned_path: Option<OwnedPath>,
     /// After the process ran out of descriptors, accept tries again only from here (ms).
     pub accept_retry_at: Option<u64>,
@@ -118,6 +121,7 @@ impl Default for Cold {
             high_water: DEFAULT_HIGH_WATER,
             line_limit: DEFAULT_LINE_LIMIT,
             message_limit: 0,
+            sent: 0,
             owned_path: None,
             accept_retry_at: None,
         }
@@ -154,6 +158,16 @@ impl Socket {
 
     pub fn write_error(&self) -> Option<&(&'static str, String)> {
         self.cold.as_ref().and_then(|c| c.write_error.as_ref())
+    }
+
+    pub fn note_sent(&mut self, n: usize) {
+        if let Some(c) = self.cold.as_mut() {
+            c.sent += n as u64;
+        }
+    }
+
+    pub fn sent(&self) -> u64 {
+        self.cold.as_ref().map_or(0, |c| c.sent)
     }
 
     /// The message size limit for this socket, given the codec's.

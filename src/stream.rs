@@ -398,6 +398,7 @@ pub fn flush_queued(s: &mut Socket, r: &Reactor) {
         let sent = send_nosignal(s, crate::buffer::data(&s.wbuf));
         match sent {
             Ok(n) => {
+                s.note_sent(n);
                 if let Some(b) = s.wbuf.as_mut() {
                     b.consume(n);
                 }
@@ -436,7 +437,10 @@ pub fn queue(s: &mut Socket, r: &Reactor, key: usize, data: &[u8]) -> Result<boo
     let mut rest = data;
     if !before && s.writable {
         match send_nosignal(s, data) {
-            Ok(n) => rest = &data[n..],
+            Ok(n) => {
+                s.note_sent(n);
+                rest = &data[n..];
+            }
             Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => s.writable = false,
             Err(e) => {
                 let err = describe(&e);
@@ -505,9 +509,10 @@ blocking_op!(FLUSH, flush, flush_k, "flush", Dir::Write, flush_attempt, 2);
 unsafe extern "C-unwind" fn buffered(l: *mut lua_State) -> c_int {
     lua::entry(l, || {
         let (key, generation) = handle_at(l, 1, "buffered")?;
-        let n = with_socket(reactor(l), key, generation, |s| s.unsent()).unwrap_or(0);
+        let (n, sent) = with_socket(reactor(l), key, generation, |s| (s.unsent(), s.sent())).unwrap_or((0, 0));
         ffi::lua_pushinteger(l, n as ffi::lua_Integer);
-        Ok(Ret::Values(1))
+        ffi::lua_pushinteger(l, sent as ffi::lua_Integer);
+        Ok(Ret::Values(2))
     })
 }
 

@@ -65,7 +65,9 @@ local function new_peer(conn, key, dialed)
 end
 
 -- The connection is gone: every call waiting on it fails now, not at its timeout.
-local function lose(peer, why)
+-- `leave_socket`: forget the peer but leave its socket to close by itself, so that at
+-- lua_close the graceful end (send what is queued, read until the peer closes) still runs.
+local function lose(peer, why, leave_socket)
    if not peer.alive then return end
    peer.alive = false
    live[peer] = nil
@@ -80,7 +82,7 @@ local function lose(peer, why)
          if heir then bind(heir, key) else peers[key] = nil end
       end
    end
-   peer.conn:close()
+   if not leave_socket then peer.conn:close() end
    for msgid, w in pairs(peer.pending) do
       peer.pending[msgid] = nil
       w.lost = why or "closed"
@@ -262,13 +264,14 @@ end
 -- over its limit and does not shrink) is treated like one that sends nothing: without
 -- this, replies and pings to a client that never reads would pile up without bound.
 local function stopped_reading(peer)
-   local queued = peer.conn:buffered()
-   if queued <= config.outbox or queued < (peer.queued_before or math.huge) then
-      peer.stalled_since, peer.queued_before = nil, queued
+   -- Progress is bytes taken by the kernel, not a shorter queue: a sender that refills
+   -- the queue as fast as the peer drains it keeps the queue long with a reading peer.
+   local queued, sent = peer.conn:buffered()
+   if queued <= config.outbox or sent ~= peer.sent_before then
+      peer.stalled_since, peer.sent_before = nil, sent
       return false
    end
    peer.stalled_since = peer.stalled_since or core.now()
-   peer.queued_before = queued
    return core.now() - peer.stalled_since >= 3 * config.heartbeat - 0.001
 end
 
@@ -306,7 +309,7 @@ local function reader(peer)
    local on_request, on_response = internal.on_request, internal.on_response
    -- However this task ends (an error in a hook, or closed by run() while it waited), the
    -- connection ends with it: a connection nobody reads would only time out its callers.
-   local _ <close> = setmetatable({}, { __close = function() lose(peer, peer.lost_why or "reader ended") end })
+   local _ <close> = setmetatable({}, { __close = function() lose(peer, peer.lost_why or "reader ended", true) end })
    while peer.alive do
       -- The envelope's elements come back as values: no table per message.
       -- Pings arrive every heartbeat: three heartbeats of silence mean the peer is gone.

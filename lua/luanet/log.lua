@@ -10,6 +10,7 @@ local LEVELS = { trace = 1, debug = 2, info = 3, warn = 4, error = 5 }
 local NAMES = { "trace", "debug", "info", "warn", "error" }
 
 local threshold = LEVELS.info          -- for loggers without a level of their own
+core.log_configure({ events_level = threshold })
 local own = {}                         -- logger name -> its level, when set
 local write, format, pcall, select = core.log_write, string.format, pcall, select
 
@@ -29,7 +30,11 @@ local function make(name)
       end
    end
    function logger.enabled(word)
-      return (LEVELS[word] or 0) >= (own[name] or threshold)
+      local level = LEVELS[word]
+      if not level then
+         error(("enabled: unknown level %s (trace, debug, info, warn or error)"):format(tostring(word)), 2)
+      end
+      return level >= (own[name] or threshold)
    end
    return logger
 end
@@ -68,20 +73,31 @@ function log.configure(t)
          error(F .. ": unknown setting '" .. tostring(k) .. "'", 2)
       end
    end
-   local new_threshold = t.level and level_of(F, t.level) or threshold
+   local new_threshold = threshold
+   if t.level ~= nil then new_threshold = level_of(F, t.level) end
    local new_own = {}
    if t.levels ~= nil then
       if type(t.levels) ~= "table" then error(F .. ": 'levels' must be a table of logger name = level", 2) end
       for name, v in pairs(t.levels) do new_own[name] = level_of(F, v) end
    end
    local file = t.file
+   if file ~= nil and type(file) ~= "string" then error(F .. ": 'file' must be a string", 2) end
    if t.dir ~= nil then
       if file ~= nil then error(F .. ": give 'file' or 'dir', not both", 2) end
       if type(t.dir) ~= "string" then error(F .. ": 'dir' must be a string", 2) end
+      if t.name ~= nil and type(t.name) ~= "string" then error(F .. ": 'name' must be a string", 2) end
       file = t.dir .. "/" .. (t.name or "luanet") .. ".log"
+   elseif t.name ~= nil then
+      error(F .. ": 'name' goes with 'dir'", 2)
    end
+   if file == nil and (t.max_bytes ~= nil or t.daily ~= nil or t.keep ~= nil) then
+      error(F .. ": 'max_bytes', 'daily' and 'keep' go with 'file' or 'dir'", 2)
+   end
+   -- luanet's own events are the logger "luanet": its level is checked natively.
+   local events = (t.levels ~= nil and new_own or own).luanet or new_threshold
    local ok, word, detail = core.log_configure({
       file = file, format = t.format, max_bytes = t.max_bytes, daily = t.daily, keep = t.keep,
+      events_level = events,
    })
    if not ok then return nil, word, detail end
    threshold = new_threshold

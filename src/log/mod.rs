@@ -12,8 +12,8 @@ pub mod line;
 pub mod sink;
 
 use std::ffi::c_int;
-use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Once, OnceLock};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -24,19 +24,27 @@ use crate::lua::{self, ffi, lua_State, Ret};
 use line::Record;
 use sink::{Rotation, Sink};
 
-/// Lines that may wait for the writer. Past this, lines are dropped and counted.
+/// Lines that may wait for the writer, and their bytes. Past either, lines are dropped
+/// and counted.
 pub const QUEUE: usize = 65_536;
+pub const QUEUE_BYTES: u64 = 64 * 1024 * 1024;
+/// The writer looks at SIGHUP, drop notices and its counters at least this often, even
+/// while the queue never empties.
+const HOUSEKEEPING_EVERY: u32 = 4096;
 /// How long an exit path waits for the writer to drain the queue.
 const EXIT_FLUSH: Duration = Duration::from_secs(5);
 
 enum Msg {
     Line(Record),
-    Configure(Sink, bool),
+    /// A new sink, a new format: `None` keeps the current one.
+    Configure(Option<Sink>, Option<bool>),
     Flush(Sender<()>),
 }
 
 struct Logger {
     tx: Sender<Msg>,
+    /// Bytes of the lines waiting in the queue (QUEUE_BYTES bounds it).
+    queued_bytes: AtomicU64,
     dropped: AtomicU64,
     written: AtomicU64,
     failed: AtomicU64,
@@ -49,6 +57,14 @@ static AT_EXIT: Once = Once::new();
 /// When the process started to end: every exit path shares one 5 s budget (the Lua
 /// state's finalizer and then atexit may both run), however many of them run.
 static EXIT_DEADLINE: Mutex<Option<Instant>> = Mutex::new(None);
+/// The level of luanet's own events (the logger "luanet"): below it they are not queued.
+static EVENT_LEVEL: AtomicU8 = AtomicU8::new(1);
+
+/// A note from the log machinery itself, straight to stderr: a failure here must not
+/// take the process (or the writer thread) down.
+fn tell(text: &str) {
+    let _ = writeln!(io::stderr(), "luanet: {text}");
+}
 static ON_HUP: Once = Once::new();
 
 fn logger() -> &'static Logger {
@@ -57,12 +73,18 @@ fn logger() -> &'static Logger {
         let started = std::thread::Builder::new().name("luanet-log".into()).spawn(move || writer(rx));
         if let Err(e) = started {
             // Without a thread nothing drains the queue: lines are dropped and counted.
-            eprintln!("luanet: cannot start the log writer thread: {e}");
+            tell(&format!("cannot start the log writer thread: {e}"));
         }
         AT_EXIT.call_once(|| unsafe {
             libc::atexit(flush_at_exit);
         });
-        Logger { tx, dropped: AtomicU64::new(0), written: AtomicU64::new(0), failed: AtomicU64::new(0) }
+        Logger {
+            tx,
+            queued_bytes: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+        }
     })
 }
 
@@ -75,22 +97,38 @@ fn now_ms() -> u64 {
 }
 
 /// Waits (until `deadline`) until every line queued before this call is written.
-fn flush(deadline: Instant) -> bool {
-    let Some(log) = LOGGER.get() else { return true };
+fn flush(deadline: Instant) -> Result<(), &'static str> {
+    let Some(log) = LOGGER.get() else { return Ok(()) };
     let (ack_tx, ack_rx) = bounded(1);
-    if log.tx.send_deadline(Msg::Flush(ack_tx), deadline).is_err() {
-        return false;
+    let dead = "the log writer thread is not running";
+    match log.tx.send_deadline(Msg::Flush(ack_tx), deadline) {
+        Ok(()) => {}
+        Err(crossbeam_channel::SendTimeoutError::Timeout(_)) => return Err("timeout"),
+        Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => return Err(dead),
     }
-    ack_rx.recv_deadline(deadline).is_ok()
+    match ack_rx.recv_deadline(deadline) {
+        Ok(()) => Ok(()),
+        Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err("timeout"),
+        Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(dead),
+    }
 }
 
-/// Drains the queue before the process goes: `os.exit` (atexit) and `lua_close`.
+/// Drains the queue before the process goes: `lua_close`, then (for `os.exit` without
+/// closing the state, or after it) atexit. Calls close together share one 5 s budget, so
+/// a stuck writer delays the exit by 5 s, not 5 s per path; a close long after an earlier
+/// one (a host that makes and closes several states) gets a budget of its own.
 pub extern "C" fn flush_at_exit() {
     let deadline = match EXIT_DEADLINE.lock() {
-        Ok(mut d) => *d.get_or_insert_with(|| Instant::now() + EXIT_FLUSH),
+        Ok(mut d) => {
+            let now = Instant::now();
+            match *d {
+                Some(old) if old + EXIT_FLUSH > now => old,
+                _ => *d.insert(now + EXIT_FLUSH),
+            }
+        }
         Err(_) => return,
     };
-    flush(deadline);
+    let _ = flush(deadline);
 }
 
 fn writer(rx: Receiver<Msg>) {
@@ -115,17 +153,21 @@ fn writer(rx: Receiver<Msg>) {
             Err(RecvTimeoutError::Disconnected) => return,
         };
         let Some(log) = LOGGER.get() else { continue };
+        let mut handled = 0u32;
         while let Some(msg) = next.take() {
             match msg {
                 Msg::Line(r) => {
+                    log.queued_bytes.fetch_sub(r.text.len() as u64, Ordering::Relaxed);
                     line.clear();
                     line::format(&mut line, &mut clock, &r, json);
                     write(&mut sink, &line, line::day_of(r.time_ms), log, &mut failing);
                 }
                 Msg::Configure(new_sink, new_json) => {
-                    settle(&mut sink, log, &mut failing);
-                    sink = new_sink;
-                    json = new_json;
+                    if let Some(new_sink) = new_sink {
+                        settle(&mut sink, log, &mut failing);
+                        sink = new_sink;
+                    }
+                    json = new_json.unwrap_or(json);
                 }
                 Msg::Flush(ack) => {
                     tell_dropped(&mut sink, &mut clock, json, log, &mut dropped_told, &mut failing);
@@ -133,16 +175,27 @@ fn writer(rx: Receiver<Msg>) {
                     let _ = ack.send(());
                 }
             }
+            handled += 1;
+            if handled % HOUSEKEEPING_EVERY == 0 {
+                housekeeping(&mut sink, &mut clock, json, log, &mut dropped_told, &mut failing);
+            }
             next = rx.try_recv().ok();
         }
-        tell_dropped(&mut sink, &mut clock, json, log, &mut dropped_told, &mut failing);
-        if REOPEN.swap(false, Ordering::Relaxed) {
-            if let Err(e) = sink.reopen() {
-                eprintln!("luanet: cannot reopen the log file: {e}");
-            }
-        }
-        settle(&mut sink, log, &mut failing);
+        housekeeping(&mut sink, &mut clock, json, log, &mut dropped_told, &mut failing);
     }
+}
+
+/// Between batches, and every few thousand lines under load: tell of dropped lines,
+/// reopen on SIGHUP, write out and count.
+fn housekeeping(sink: &mut Sink, clock: &mut line::Clock, json: bool, log: &Logger, told: &mut u64, failing: &mut bool) {
+    tell_dropped(sink, clock, json, log, told, failing);
+    if REOPEN.swap(false, Ordering::Relaxed) {
+        settle(sink, log, failing);
+        if let Err(e) = sink.reopen() {
+            tell(&format!("cannot reopen the log file: {e}"));
+        }
+    }
+    settle(sink, log, failing);
 }
 
 fn write(sink: &mut Sink, line: &[u8], day: i64, log: &Logger, failing: &mut bool) {
@@ -163,7 +216,7 @@ fn count(sink: &mut Sink, log: &Logger) {
 fn failed(failing: &mut bool, e: &io::Error) {
     if !*failing {
         *failing = true;
-        eprintln!("luanet: writing the log failed ({e}); lines are being lost and counted");
+        tell(&format!("writing the log failed ({e}); lines are being lost and counted"));
     }
 }
 
@@ -172,7 +225,7 @@ fn settle(sink: &mut Sink, log: &Logger, failing: &mut bool) {
         Ok(()) if *failing => {
             *failing = false;
             count(sink, log);
-            eprintln!("luanet: writing the log works again ({} lines lost)", log.failed.load(Ordering::Relaxed));
+            tell(&format!("writing the log works again ({} lines lost)", log.failed.load(Ordering::Relaxed)));
         }
         Ok(()) => {}
         Err(e) => failed(failing, &e),
@@ -197,16 +250,25 @@ pub const ERROR: u8 = 5;
 
 fn enqueue(level: u8, text: Vec<u8>, name_len: usize) {
     let log = logger();
+    let bytes = text.len() as u64;
+    if log.queued_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes > QUEUE_BYTES {
+        log.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        log.dropped.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
     if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
         log.tx.try_send(Msg::Line(Record { time_ms: now_ms(), level, text, name_len }))
     {
+        log.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
         log.dropped.fetch_add(1, Ordering::Relaxed);
     }
 }
 
-/// One of luanet's own events, logged under the name "luanet".
+/// One of luanet's own events, logged under the name "luanet" if its level is enabled.
 pub fn event(level: u8, message: &str) {
-    enqueue(level, format!("luanet{message}").into_bytes(), "luanet".len());
+    if level >= EVENT_LEVEL.load(Ordering::Relaxed) {
+        enqueue(level, format!("luanet{message}").into_bytes(), "luanet".len());
+    }
 }
 
 // ---- the Lua side --------------------------------------------------------------------------
@@ -250,22 +312,34 @@ pub unsafe extern "C-unwind" fn log_configure(l: *mut lua_State) -> c_int {
             daily: lua::opts_bool(l, 1, c"daily", func)?.unwrap_or(false),
             keep: count(c"keep", "keep")? as usize,
         };
+        if let Some(level) = lua::opts_integer(l, 1, c"events_level", func)? {
+            EVENT_LEVEL.store(level.clamp(1, 6) as u8, Ordering::Relaxed);
+        }
         let sink = match lua::opts_string(l, 1, c"file", func)? {
-            None => Sink::stderr(),
+            None => None,
             Some(path) => match Sink::file(path.clone().into(), rotation, line::day_of(now_ms())) {
                 Ok(f) => {
                     ON_HUP.call_once(|| {
                         libc::signal(libc::SIGHUP, on_sighup as *const () as libc::sighandler_t);
                     });
-                    f
+                    Some(f)
                 }
                 Err(e) => return Ok(lua::push_fail(l, "log error", &format!("cannot open {path}: {e}"))),
             },
         };
-        if logger().tx.send(Msg::Configure(sink, json)).is_err() {
-            return Ok(lua::push_fail(l, "log error", "the log writer thread is not running"));
+        if sink.is_none() && format.is_none() {
+            return Ok(lua::push_true(l));
         }
-        Ok(lua::push_true(l))
+        let json = format.map(|_| json);
+        match logger().tx.send_timeout(Msg::Configure(sink, json), EXIT_FLUSH) {
+            Ok(()) => Ok(lua::push_true(l)),
+            Err(crossbeam_channel::SendTimeoutError::Timeout(_)) => {
+                Ok(lua::push_fail(l, "log error", "the log writer is stuck (its queue stayed full for 5 s)"))
+            }
+            Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => {
+                Ok(lua::push_fail(l, "log error", "the log writer thread is not running"))
+            }
+        }
     })
 }
 
@@ -274,10 +348,10 @@ pub unsafe extern "C-unwind" fn log_configure(l: *mut lua_State) -> c_int {
 pub unsafe extern "C-unwind" fn log_flush(l: *mut lua_State) -> c_int {
     lua::entry(l, || {
         let ms = lua::opt_seconds_ms(l, 1, "luanet.log.flush", "timeout")?.unwrap_or(EXIT_FLUSH.as_millis() as u64);
-        if flush(Instant::now() + Duration::from_millis(ms)) {
-            Ok(lua::push_true(l))
-        } else {
-            Ok(lua::push_fail(l, "timeout", "the log writer did not catch up in time"))
+        match flush(Instant::now() + Duration::from_millis(ms)) {
+            Ok(()) => Ok(lua::push_true(l)),
+            Err("timeout") => Ok(lua::push_fail(l, "timeout", "the log writer did not catch up in time")),
+            Err(why) => Ok(lua::push_fail(l, "log error", why)),
         }
     })
 }

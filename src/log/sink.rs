@@ -70,18 +70,24 @@ impl Sink {
         let rotate = match &self.target {
             Target::File(f) => {
                 let r = &f.rotation;
-                (r.max_bytes > 0 && f.size > 0 && f.size + line.len() as u64 > r.max_bytes) || (r.daily && day != f.day)
+                // Days only move forward: a line stamped a little earlier than the one before
+                // (a drop notice, a clock step) does not rotate back.
+                (r.max_bytes > 0 && f.size > 0 && f.size + line.len() as u64 > r.max_bytes) || (r.daily && day > f.day)
             }
             Target::Stderr => false,
         };
         if rotate {
-            self.flush()?;
-            if let Target::File(f) = &mut self.target {
-                f.rotate()?;
+            let rotated = self.flush().and_then(|()| match &mut self.target {
+                Target::File(f) => f.rotate(),
+                Target::Stderr => Ok(()),
+            });
+            if let Err(e) = rotated {
+                self.lost += 1; // the line in hand
+                return Err(e);
             }
         }
         if let Target::File(f) = &mut self.target {
-            f.day = day;
+            f.day = f.day.max(day);
             f.size += line.len() as u64;
         }
         self.buf.extend_from_slice(line);
@@ -138,10 +144,15 @@ impl FileTarget {
     /// `app.log` becomes `app.log.<n>` with n one more than the highest there; the oldest
     /// beyond `keep` are deleted.
     fn rotate(&mut self) -> io::Result<()> {
-        let mut numbers = self.rotated();
+        let mut numbers = self.rotated()?;
         let next = numbers.last().map_or(1, |n| n + 1);
-        fs::rename(&self.path, self.numbered(next))?;
-        numbers.push(next);
+        match fs::rename(&self.path, self.numbered(next)) {
+            Ok(()) => numbers.push(next),
+            // Somebody moved or removed the file: there is nothing to rotate, only a file
+            // to start again.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
         if self.rotation.keep > 0 && numbers.len() > self.rotation.keep {
             for n in &numbers[..numbers.len() - self.rotation.keep] {
                 let _ = fs::remove_file(self.numbered(*n));
@@ -159,20 +170,19 @@ impl FileTarget {
     }
 
     /// The numbers of the rotated files present, ascending.
-    fn rotated(&self) -> Vec<u64> {
+    /// A directory that cannot be listed is an error: numbering blind would overwrite.
+    fn rotated(&self) -> io::Result<Vec<u64>> {
         let (Some(dir), Some(base)) = (self.path.parent(), self.path.file_name().and_then(|b| b.to_str())) else {
-            return Vec::new();
+            return Ok(Vec::new());
         };
         let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
         let prefix = format!("{base}.");
-        let mut numbers: Vec<u64> = fs::read_dir(dir)
-            .into_iter()
-            .flatten()
+        let mut numbers: Vec<u64> = fs::read_dir(dir)?
             .flatten()
             .filter_map(|e| e.file_name().to_str()?.strip_prefix(&prefix)?.parse().ok())
             .collect();
         numbers.sort_unstable();
-        numbers
+        Ok(numbers)
     }
 }
 
