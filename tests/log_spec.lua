@@ -516,6 +516,25 @@ describe("log: files that cannot be opened", function()
     assert.truthy(good[2]:match(STAMP .. "INFO  two$"), "a failed configure changed the sink or the level")
     assert.equals("stats\t3\t0\t0", got.stats and ("stats\t" .. got.stats))
   end)
+  it("a full disk (/dev/full) loses lines counted and reported once; the process keeps serving", function()
+    local c = child([==[
+      assert(log.configure{ file = "/dev/full" })
+      for i = 1, 5000 do log.info("line %d", i) end
+      log.flush(2)
+      luanet.run(function() luanet.sleep(0.05) end)   -- the loop still runs
+      for i = 1, 5000 do log.info("line %d", i) end
+      log.flush(2)
+      local s = log.stats()
+      print("full", s.written, s.failed)
+    ]==], { t = 10 })
+    finally(c.cleanup)
+    assert.equals(0, c.code, c.err)
+    assert.equals("full\t0\t10000\n", c.out)
+    local _, notes = c.err:gsub("writing the log failed", "")
+    assert.equals(1, notes, c.err)
+    assert.truthy(c.err:find("No space left on device", 1, true), c.err)
+  end)
+
   it("a write that fails later (a pipe whose reader went away) is counted; the process keeps going", function()
     local c = child([==[
       assert(os.execute("mkfifo " .. DIR .. "/fifo"))

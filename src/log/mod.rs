@@ -222,12 +222,13 @@ fn failed(failing: &mut bool, e: &io::Error) {
 
 fn settle(sink: &mut Sink, log: &Logger, failing: &mut bool) {
     match sink.flush() {
-        Ok(()) if *failing => {
+        // Works again only once something was written: an empty buffer proves nothing.
+        Ok(true) if *failing => {
             *failing = false;
             count(sink, log);
             tell(&format!("writing the log works again ({} lines lost)", log.failed.load(Ordering::Relaxed)));
         }
-        Ok(()) => {}
+        Ok(_) => {}
         Err(e) => failed(failing, &e),
     }
     count(sink, log);

@@ -77,7 +77,7 @@ impl Sink {
             Target::Stderr => false,
         };
         if rotate {
-            let rotated = self.flush().and_then(|()| match &mut self.target {
+            let rotated = self.flush().and_then(|_| match &mut self.target {
                 Target::File(f) => f.rotate(),
                 Target::Stderr => Ok(()),
             });
@@ -98,10 +98,11 @@ impl Sink {
         Ok(())
     }
 
-    /// Writes the buffer out. On failure its lines are counted lost and dropped.
-    pub fn flush(&mut self) -> io::Result<()> {
+    /// Writes the buffer out; true if there was something to write. On failure its lines
+    /// are counted lost and dropped.
+    pub fn flush(&mut self) -> io::Result<bool> {
         if self.buf.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let outcome = match &mut self.target {
             Target::Stderr => io::stderr().write_all(&self.buf),
@@ -118,7 +119,7 @@ impl Sink {
         }
         self.buf.clear();
         self.pending = 0;
-        outcome
+        outcome.map(|()| true)
     }
 
     /// Lines written and lost since the last call.
