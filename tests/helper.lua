@@ -17,6 +17,7 @@
 --   H.tmpdir()             a fresh directory under /tmp (removed by H.rmdir).
 --   H.two(...)             { first, second } of a call's results (drops the detail text).
 --   H.CHILD_PUT            source that gives a child DIR and put(file, text) (atomic write).
+--   H.NAMESERVICE_CHILD    source of a child serving names on a free port (file "addr").
 
 local luanet = require "luanet"
 
@@ -211,6 +212,17 @@ local function put(file, s)
   f:close()
   assert(os.rename(DIR .. "/" .. file .. ".tmp", DIR .. "/" .. file))
 end
+]==]
+
+-- A child that runs a name service on a free loopback port and writes its address to the
+-- file "addr" (for H.bg; it exits by itself after 25 s).
+H.NAMESERVICE_CHILD = H.CHILD_PUT .. [==[
+local luanet = require "luanet"
+luanet.spawn(function() luanet.sleep(25) os.exit(3) end)   -- never outlive the suite
+luanet.run(function()
+  assert(luanet.StartNameService("127.0.0.1:0"))
+  put("addr", luanet.service_listener:local_addr())
+end)
 ]==]
 
 -- The first two results only ({ value, word }): failures also return a detail text

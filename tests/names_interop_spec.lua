@@ -7,14 +7,7 @@ local H = require "helper"
 local HERE = (debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or ".")
 local PYTHON = "/usr/bin/python3" -- has msgpack; the python3 first on PATH may not
 
-local NAMESERVICE = H.CHILD_PUT .. [==[
-local luanet = require "luanet"
-luanet.spawn(function() luanet.sleep(25) os.exit(3) end)   -- never outlive the suite
-luanet.run(function()
-  assert(luanet.StartNameService("127.0.0.1:0"))
-  put("addr", luanet.service_listener:local_addr())
-end)
-]==]
+local NAMESERVICE = H.NAMESERVICE_CHILD
 
 local SERVICE = H.CHILD_PUT .. [==[
 local luanet = require "luanet"
