@@ -178,10 +178,19 @@ pub unsafe extern "C-unwind" fn wake(l: *mut lua_State) -> c_int {
     })
 }
 
-/// `core.report(text)`: luanet's own error report (task errors and the like).
+/// `core.report(text, [level])`: one of luanet's own events, logged under the logger
+/// "luanet" at `level` ("info", "warn" (the default) or "error").
 pub unsafe extern "C-unwind" fn report(l: *mut lua_State) -> c_int {
     lua::entry(l, || {
-        crate::reactor::report(&lua::lossy(l, 1));
+        let level = match lua::is_none_or_nil(l, 2) {
+            true => crate::log::WARN,
+            false => match lua::check_str(l, 2, "report", "level")? {
+                "info" => crate::log::INFO,
+                "error" => crate::log::ERROR,
+                _ => crate::log::WARN,
+            },
+        };
+        crate::log::event(level, &lua::lossy(l, 1));
         Ok(Ret::Values(0))
     })
 }

@@ -153,7 +153,7 @@ local function keeper(k)
       if k.stopped then break end
       if ok then
          if k.state ~= "registered" and k.state ~= nil then
-            core.report(("Register2Name: registered as %s with %s again"):format(name, k.ns))
+            core.report(("Register2Name: registered as %s with %s again"):format(name, k.ns), "info")
          end
          k.state, k.detail, delay = "registered", nil, BACKOFF_FIRST
          k.settled:broadcast()

@@ -110,7 +110,7 @@ local function register(name, address, functions)
    mine[name] = true
    held[peer] = mine
    if moved then
-      core.report(("name service: %s registered at %s"):format(name, address))
+      core.report(("name service: %s registered at %s"):format(name, address), "info")
       changed(name)
    end
    return true
@@ -202,7 +202,7 @@ internal.lost[#internal.lost + 1] = function(peer)
    held[peer] = nil
    if names then
       for name in pairs(names) do
-         core.report(("name service: %s is gone (%s)"):format(name, peer.lost_why))
+         core.report(("name service: %s is gone (%s)"):format(name, peer.lost_why), "info")
          drop(name)
       end
    end

@@ -246,6 +246,7 @@ fn tell_dropped(sink: &mut Sink, clock: &mut line::Clock, json: bool, log: &Logg
     }
 }
 
+pub const INFO: u8 = 3;
 pub const WARN: u8 = 4;
 pub const ERROR: u8 = 5;
 
