@@ -81,6 +81,27 @@ describe("names: the lookup cache", function()
     end, 15)
   end)
 
+  it("a caller with a short deadline does not decide a shared lookup for a patient one", function()
+    H.run(function()
+      local ns = start_ns()
+      start_service("Patient", ns.addr)
+      -- A name service that answers late: frozen for 0.4 s while both callers ask.
+      ns.kill("STOP")
+      local results = {}
+      H.go(function()
+        results.hasty = { luanet.RPCCall("Patient", "Plus", { a = 1, b = 1 }, luanet.call_options { timeout = 0.1 }) }
+      end)
+      H.go(function()
+        results.patient = { luanet.RPCCall("Patient", "Plus", { a = 2, b = 2 }, luanet.call_options { timeout = 3 }) }
+      end)
+      luanet.sleep(0.4)
+      ns.kill("CONT")
+      assert(H.wait_for(function() return results.hasty and results.patient end, 4))
+      assert.equals("timeout", results.hasty[2])
+      assert.same({ 4 }, { results.patient[1] }, tostring(results.patient[3]))
+    end, 15)
+  end)
+
   it("when the service goes, the next call asks the name service again and finds the new one", function()
     H.run(function()
       local ns = start_ns()

@@ -15,7 +15,8 @@ local name_services = {}     -- addresses of the name services, in the order giv
 local preferred = 1          -- index of the one that answered last: asked first
 local cache = {}             -- name -> address
 local missing = {}           -- name -> time until which "not registered" is believed
-local lookups = {}           -- name -> cond shared by concurrent lookups of that name
+local lookups = {}           -- name -> the lookup under way: { done = cond, address | why }
+local changed = {}           -- name -> pushes about it during its lookup (see look_up)
 local keepers = {}           -- name service address -> its registration keeper
 local MISSING_FOR = 1        -- seconds; a push from the name service ends it sooner
 local missing_count, MISSING_MAX = 0, 10000   -- past this, the remembered misses are dropped
@@ -80,6 +81,34 @@ function luanet.UseNameService(list)
    add_name_services(address_list("UseNameService", list))
 end
 
+-- One lookup of `name`, in a task of its own: every caller waits for it with its own
+-- deadline, and none of them cuts it short for the others (it has call_timeout).
+local function look_up(name, lookup)
+   local changes = changed[name]
+   local ok, result, detail = ask(core.now() + config.call_timeout, "luanet.ns.resolve", name)
+   lookups[name] = nil
+   local pushed = changed[name] ~= changes
+   changed[name] = nil
+   -- A push that came while we asked is newer than our answer: keep neither.
+   if not pushed then
+      if ok and type(result) == "string" then
+         cache[name], missing[name] = result, nil
+      elseif ok then
+         if not missing[name] then missing_count = missing_count + 1 end
+         if missing_count > MISSING_MAX then missing, missing_count = {}, 1 end
+         missing[name] = core.now() + MISSING_FOR
+      end
+   end
+   if not ok then
+      lookup.why = ("'%s': %s"):format(name, detail)
+   elseif type(result) ~= "string" then
+      lookup.why = ("no service is registered as '%s'"):format(name)
+   else
+      lookup.address = result
+   end
+   lookup.done:broadcast()
+end
+
 function internal.resolve(name, deadline)
    local address = cache[name]
    if address then return address end
@@ -90,31 +119,19 @@ function internal.resolve(name, deadline)
    if until_ and core.now() < until_ then
       return fail("no such service", ("no service is registered as '%s'"):format(name))
    end
-   local waiting = lookups[name]
-   if waiting then
-      if not waiting:wait(math.max(0, deadline - core.now()), "name lookup") then
+   local lookup = lookups[name]
+   if not lookup then
+      lookup = { done = luanet.cond() }
+      lookups[name] = lookup
+      luanet.spawn(look_up, name, lookup)
+   end
+   while not lookup.address and not lookup.why do
+      if not lookup.done:wait(math.max(0, deadline - core.now()), "name lookup") then
          return fail("timeout", "looking up " .. name)
       end
-      if cache[name] then return cache[name] end
-      return fail("no such service", ("no service is registered as '%s'"):format(name))
    end
-   waiting = luanet.cond()
-   lookups[name] = waiting
-   local ok, result, detail = ask(deadline, "luanet.ns.resolve", name)
-   lookups[name] = nil
-   if ok and type(result) == "string" then
-      cache[name], missing[name] = result, nil
-   elseif ok then
-      if not missing[name] then missing_count = missing_count + 1 end
-      if missing_count > MISSING_MAX then missing, missing_count = {}, 1 end
-      missing[name] = core.now() + MISSING_FOR
-   end
-   waiting:broadcast()
-   if not ok then return fail("no such service", ("'%s': %s"):format(name, detail)) end
-   if not cache[name] then
-      return fail("no such service", ("no service is registered as '%s'"):format(name))
-   end
-   return cache[name]
+   if lookup.address then return lookup.address end
+   return fail("no such service", lookup.why)
 end
 
 function internal.forget(name)
@@ -124,7 +141,10 @@ end
 -- A name service says a name changed hands, came or went.
 internal.notify["luanet.ns.changed"] = function(_, params)
    local name = params[1]
-   if type(name) == "string" then cache[name], missing[name] = nil, nil end
+   if type(name) == "string" then
+      cache[name], missing[name] = nil, nil
+      if lookups[name] then changed[name] = (changed[name] or 0) + 1 end
+   end
 end
 
 ---------------------------------------------------------------------------------------
