@@ -227,6 +227,7 @@ luanet.run(function()
     end
   end
 end)]]):format(port))
+      finally(sink.cleanup)   -- a sink that never got "stop" must not outlive the test
       assert.is_true(wait_file(sink, "ready", 5))
       local r = child_ok(([[
 local luanet = require "luanet"
@@ -245,6 +246,5 @@ end)]]):format(port, port), 20, "taskset -c 1")
       assert.is_string(sent, r.out)
       assert.is_true(wait_file(sink, "count", 10), "the sink never got 'stop'")
       assert.equals(sent, sink.file("count"))
-      sink.cleanup()
    end)
 end)

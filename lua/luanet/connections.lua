@@ -38,6 +38,7 @@ end
 -- per message.
 local ARRAY_MT = getmetatable(luanet.array())
 local function is_array(t) return getmetatable(t) == ARRAY_MT end
+internal.is_array = is_array
 
 -- Makes `key` (an address or a name) lead to `peer`; lose() undoes it.
 local function bind(peer, key)
@@ -57,8 +58,7 @@ local function new_peer(conn, key, dialed)
    conn:set_high_water(1 << 40)       -- this layer bounds the outbox itself (config.outbox)
    conn:set_background(true)          -- an open connection alone does not keep run() going
    if not peer.authed then conn:set_message_limit(UNAUTHENTICATED_MESSAGE) end
-   peer.heard = core.now()
-   peer.started = peer.heard
+   peer.started = core.now()
    live[peer] = true
    bind(peer, key)
    return peer
@@ -297,13 +297,6 @@ local function pinger(peer)
    end
 end
 
-local function check_alive(peer)
-   if core.now() - peer.heard >= 3 * config.heartbeat - 0.001 then
-      core.report(("connection %s: no sign of life for %g s; closing it"):format(peer.name or peer.key, 3 * config.heartbeat))
-      lose(peer, "heartbeat timeout")
-   end
-end
-
 local function reader(peer)
    local conn = peer.conn
    local on_request, on_response = internal.on_request, internal.on_response
@@ -312,19 +305,20 @@ local function reader(peer)
    local _ <close> = setmetatable({}, { __close = function() lose(peer, peer.lost_why or "reader ended", true) end })
    while peer.alive do
       -- The envelope's elements come back as values: no table per message.
-      -- Pings arrive every heartbeat: three heartbeats of silence mean the peer is gone.
+      -- Pings arrive every heartbeat: a read that waits three heartbeats for anything at
+      -- all means the peer is gone (no clock read per message is needed to tell).
       local n, kind, a, b, c = conn:read_array(3 * config.heartbeat)
       if n == nil then
          if kind == "timeout" then
-            check_alive(peer)
-         else
-            if kind ~= "closed" and kind ~= "connection reset" then
-               core.report(("connection %s: %s (%s)"):format(peer.name or peer.key, kind, tostring(a)))
-            end
-            return lose(peer, kind)
+            core.report(("connection %s: no sign of life for %g s; closing it")
+               :format(peer.name or peer.key, 3 * config.heartbeat))
+            return lose(peer, "heartbeat timeout")
          end
+         if kind ~= "closed" and kind ~= "connection reset" then
+            core.report(("connection %s: %s (%s)"):format(peer.name or peer.key, kind, tostring(a)))
+         end
+         return lose(peer, kind)
       else
-         peer.heard = core.now()
          local ok, why = false, nil
          if kind == NOTIFY and n == 3 then ok, why = on_notify(peer, a, b)
          elseif not peer.authed then why = "not authenticated"
@@ -579,6 +573,5 @@ end
 internal.ready_peer = ready_peer
 internal.write_failed = write_failed
 internal.address_of = address_of
-internal.await_introduction = await_introduction
 
 end

@@ -151,16 +151,13 @@ local function valid_msgid(msgid)
    return math.type(msgid) == "integer" and msgid >= 0 and msgid <= 0xffffffff
 end
 
--- Decoded arrays carry this metatable (docs/codec.md): checking it here saves a C call
--- per message.
-local ARRAY_MT = getmetatable(luanet.array())
-local function is_array(t) return getmetatable(t) == ARRAY_MT end
+local is_array = internal.is_array
 
 local function on_request(peer, msgid, method, params)
    if not valid_msgid(msgid) or type(method) ~= "string" or not is_array(params) then
       return false
    end
-   if peer.retired then peer.used = peer.heard end
+   if peer.retired then peer.used = core.now() end
    local handler = handlers[method]
    if not handler then
       respond(peer, msgid, luanet.array { "no such function",
@@ -176,7 +173,7 @@ end
 
 local function on_response(peer, msgid, err, result)
    if not valid_msgid(msgid) then return false end
-   if peer.retired then peer.used = peer.heard end
+   if peer.retired then peer.used = core.now() end
    local w = peer.pending[msgid]
    if not w then return true end        -- a late reply to a call that timed out
    peer.pending[msgid] = nil
