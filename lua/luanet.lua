@@ -296,6 +296,9 @@ local internal = require("luanet.service")(luanet)
 -- Services by name (docs/names.md): the resolver and registration, and the name service.
 require("luanet.names")(luanet, internal)
 require("luanet.nameservice")(luanet, internal)
+-- Calls to groups of services and the master lease (docs/groups.md).
+require("luanet.groups")(luanet, internal)
+require("luanet.master")(luanet, internal)
 -- Asynchronous logging (docs/log.md).
 require("luanet.log")(luanet)
 

@@ -17,6 +17,7 @@
 //! * `msgpack/`: the codec: `encode.rs` walks the Lua stack, `decode.rs` checks then builds.
 //! * `address.rs`, `errors.rs`: address strings; the stable error words.
 //! * `auth.rs`: HMAC and nonces for the cluster token handshake.
+//! * `hash.rs`: the specified key hash that group calls by key use.
 //! * `signals.rs`: SIGINT and SIGTERM stop a running loop gracefully.
 //! * `log/`: asynchronous logging: the bounded queue and its writer thread (`mod.rs`),
 //!   line formats (`line.rs`), files and rotation (`sink.rs`).
@@ -36,6 +37,7 @@ pub mod auth;
 pub mod buffer;
 pub mod datagram;
 pub mod errors;
+pub mod hash;
 pub mod listener;
 pub mod log;
 pub mod lua;
@@ -120,6 +122,7 @@ const FUNCTIONS: &[(&CStr, ffi::lua_CFunction)] = &[
     (c"hmac_sha256", auth::hmac_sha256),
     (c"hmac_verify", auth::hmac_verify),
     (c"random_bytes", auth::random_bytes),
+    (c"hash64", hash::hash64_lua),
     (c"log_write", log::log_write),
     (c"log_configure", log::log_configure),
     (c"log_flush", log::log_flush),

@@ -140,6 +140,15 @@ local function address_keys(peer, address)
    return { "tcp://" .. hostport, hostport }
 end
 
+-- The two ends of one connection, when a process connects to itself (so both are here).
+-- Its own nonce coming back on such a connection is no attack, and its two ends are not
+-- duplicates of each other.
+local function is_self_connection(a, b)
+   a, b = a.conn, b.conn
+   local al, ar, bl, br = a:local_addr(), a:peer_addr(), b:local_addr(), b:peer_addr()
+   return al ~= nil and ar ~= nil and al == br and ar == bl
+end
+
 -- Who dialed a connection: the tie-break below needs both ends to agree.
 local function dialer_of(peer)
    if peer.dialed then return internal.name or "" end
@@ -169,7 +178,7 @@ function introduce(peer, name, address)
    peer.name = name
    local other = peers[name]
    if other and other.alive and other ~= peer then
-      if same_service(other, peer) then
+      if same_service(other, peer) and not is_self_connection(other, peer) then
          settle_duplicate(other, peer)
          if peers[name] ~= peer then return end
       end
@@ -197,14 +206,6 @@ local function auth_text(peer, mine)
 end
 
 local function proof(peer, mine) return core.hmac_sha256(config.token, auth_text(peer, mine)) end
-
--- A process that connects to itself sees its own nonce come back: that is no attack when
--- the two ends of this connection are the two ends of the one that issued it.
-local function is_self_connection(issuer, peer)
-   local a, b = issuer.conn, peer.conn
-   local al, ar, bl, br = a:local_addr(), a:peer_addr(), b:local_addr(), b:peer_addr()
-   return al ~= nil and ar ~= nil and al == br and ar == bl
-end
 
 local function on_notify(peer, method, params)
    if type(method) ~= "string" or not is_array(params) then return false end

@@ -48,7 +48,7 @@ local function add_name_services(list)
 end
 
 -- Calls `method` on the name services in turn, starting with the one that answered last,
--- until one answers. Returns true, result or nil, word, detail.
+-- until one answers. Returns true, result, that name service's address or nil, word, detail.
 local function ask(deadline, method, ...)
    if #name_services == 0 then
       return fail("no name service", "no name service is configured (luanet.UseNameService)")
@@ -67,7 +67,7 @@ local function ask(deadline, method, ...)
       local r, word, detail = luanet.RPCCall(name_services[k], method, table.unpack(args, 1, args.n + 1))
       if word == nil then
          preferred = k
-         return true, r
+         return true, r, name_services[k]
       end
       last = ("%s: %s (%s)"):format(name_services[k], word, tostring(detail))
       -- It failed: the next lookup starts with the one after it.
@@ -136,6 +136,14 @@ end
 
 function internal.forget(name)
    cache[name] = nil
+end
+
+internal.ask_name_service = ask
+
+-- An address a name service sent unasked (in a group's membership): as good as a lookup.
+function internal.learn(name, address)
+   cache[name] = address
+   if missing[name] then missing[name], missing_count = nil, missing_count - 1 end
 end
 
 -- A name service says a name changed hands, came or went.
@@ -261,6 +269,15 @@ function luanet.Register2Name(list)
       return fail("no name service", (why or "no name service answered") .. "; still trying")
    end
    return true
+end
+
+-- The name services Register2Name registered this service with, in the order given.
+function internal.registered_with()
+   local list = {}
+   for _, ns in ipairs(name_services) do
+      if keepers[ns] then list[#list + 1] = ns end
+   end
+   return list
 end
 
 --- GetRemoteFuncProvider(fname) -> { names... } | nil, word, detail

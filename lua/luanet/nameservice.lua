@@ -24,6 +24,7 @@ local count = 0
 local held = {}                   -- peer -> { name = true }
 local watchers = {}               -- name -> { peer = true }
 local watching = {}               -- peer -> { count, names = { name = true } }
+local groups = require("luanet.ns_groups")(luanet, internal, regs)
 
 local function changed(name)
    local w = watchers[name]
@@ -55,6 +56,7 @@ local function drop(name)
    regs[name], count = nil, count - 1
    if held[r.peer] then held[r.peer][name] = nil end
    changed(name)
+   groups.touch(name, r, nil)
 end
 
 -- "tcp://0.0.0.0:port" means "on whatever address this connection came from".
@@ -106,7 +108,9 @@ local function register(name, address, functions)
    served.register = served.register + 1
    address = reachable(peer, address)
    local moved = not r or r.address ~= address or r.peer ~= peer
-   regs[name] = { address = address, functions = set, peer = peer }
+   local before, new = regs[name], { address = address, functions = set, peer = peer }
+   regs[name] = new
+   groups.touch(name, before, new)
    mine[name] = true
    held[peer] = mine
    if moved then
@@ -160,8 +164,10 @@ end
 local function stats()
    local watched = 0
    for _ in pairs(watchers) do watched = watched + 1 end
+   local watched_groups, leases = groups.stats()
    return { names = count, watched_names = watched, registers = served.register,
-            resolves = served.resolve, providers = served.providers }
+            resolves = served.resolve, providers = served.providers,
+            groups = watched_groups, leases = leases }
 end
 
 -- Takes `peer` off every watch list; with a twin, the twin watches those names instead.
@@ -192,6 +198,7 @@ local function hand_over(peer, twin)
       end
    end
    move_watches(peer, twin)
+   groups.lost(peer, twin)
 end
 
 internal.lost[#internal.lost + 1] = function(peer)
@@ -207,6 +214,7 @@ internal.lost[#internal.lost + 1] = function(peer)
       end
    end
    move_watches(peer)
+   groups.lost(peer)
 end
 
 --- luanet.StartNameService([addr]) -> true | nil, word, detail
@@ -242,6 +250,7 @@ function luanet.StartNameService(addr)
    luanet.RegRPCFunction("luanet.ns.providers", providers)
    luanet.RegRPCFunction("luanet.ns.list", list)
    luanet.RegRPCFunction("luanet.ns.stats", stats)
+   groups.start()
    return true
 end
 

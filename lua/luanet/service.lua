@@ -30,6 +30,9 @@ local internal = {
    resolve = nil,             -- function(name, deadline) -> address | nil, word, detail
    forget = nil,              -- function(name): a call by that name failed; drop the cached address
    functions_changed = nil,   -- function(): RegRPCFunction added a function
+   is_group = nil,            -- function(v): v is a luanet.Group (luanet/groups.lua)
+   group_call = nil,          -- function(group, fname, ...): RPCCall to a group
+   group_send = nil,          -- function(group, msg, opts): SendMsg to a group
 }
 
 local self_name               -- this process's service name, once started
@@ -48,6 +51,7 @@ local ready_peer, write_failed, address_of = internal.ready_peer, internal.write
 ---------------------------------------------------------------------------------------
 
 local Options = {}
+internal.Options = Options
 
 function luanet.call_options(t)
    if type(t) ~= "table" then
@@ -55,6 +59,21 @@ function luanet.call_options(t)
    end
    if t.timeout ~= nil and (type(t.timeout) ~= "number" or t.timeout < 0) then
       error("luanet.call_options: 'timeout' must be a number of seconds, 0 or more", 2)
+   end
+   -- For calls to a group (docs/groups.md):
+   if t.key ~= nil and type(t.key) ~= "string" and math.type(t.key) ~= "integer" then
+      error("luanet.call_options: 'key' must be a string or an integer", 2)
+   end
+   if t.idempotent ~= nil and type(t.idempotent) ~= "boolean" then
+      error("luanet.call_options: 'idempotent' must be a boolean", 2)
+   end
+   if t.retries ~= nil then
+      if math.type(t.retries) ~= "integer" or t.retries < 0 then
+         error("luanet.call_options: 'retries' must be an integer, 0 or more", 2)
+      end
+      if not t.idempotent then
+         error("luanet.call_options: 'retries' needs 'idempotent = true' (a retried call may run twice)", 2)
+      end
    end
    return setmetatable(t, Options)
 end
@@ -299,7 +318,16 @@ function internal.self() return self_name, self_address end
 --- RPCCall(target, fname, args..., [luanet.call_options{timeout = s}]) -> result | nil, word, detail
 function luanet.RPCCall(target, fname, ...)
    if type(target) ~= "string" then
-      error("RPCCall: bad argument #1 'target' (string expected, got " .. type(target) .. ")", 2)
+      if internal.is_group(target) then
+         if type(fname) ~= "string" then
+            error("RPCCall: bad argument #2 'fname' (string expected, got " .. type(fname) .. ")", 2)
+         end
+         local r, word, detail = internal.group_call(target, fname, ...)
+         if word == nil then return r end
+         return nil, word, detail
+      end
+      error("RPCCall: bad argument #1 'target' (a name, an address or a group expected, got "
+         .. type(target) .. ")", 2)
    end
    if type(fname) ~= "string" then
       error("RPCCall: bad argument #2 'fname' (string expected, got " .. type(fname) .. ")", 2)
@@ -342,13 +370,23 @@ function luanet.RPCCall(target, fname, ...)
    return w.result
 end
 
---- SendMsg(target, msg) -> true | nil, word, detail
-function luanet.SendMsg(target, msg)
-   if type(target) ~= "string" then
-      error("SendMsg: bad argument #1 'target' (string expected, got " .. type(target) .. ")", 2)
-   end
+--- SendMsg(target, msg, [opts]) -> true | nil, word, detail
+function luanet.SendMsg(target, msg, opts)
    if msg == nil then error("SendMsg: bad argument #2 'msg' (any value but nil expected)", 2) end
-   local peer, word, detail = ready_peer(target, config.call_timeout)
+   if opts ~= nil and getmetatable(opts) ~= Options then
+      error("SendMsg: bad argument #3 'opts' (luanet.call_options{...} or nil expected)", 2)
+   end
+   if type(target) ~= "string" then
+      if internal.is_group(target) then
+         local sent, failures_or_word, detail = internal.group_send(target, msg, opts)
+         if sent == nil then return nil, failures_or_word, detail end
+         if failures_or_word == nil then return sent end
+         return sent, failures_or_word     -- a broadcast: how many, and who failed
+      end
+      error("SendMsg: bad argument #1 'target' (a name, an address or a group expected, got "
+         .. type(target) .. ")", 2)
+   end
+   local peer, word, detail = ready_peer(target, opts and opts.timeout or config.call_timeout)
    if not peer then return nil, word, detail end
    local ok
    ok, word, detail = peer.conn:write_call(2, 2, NOTIFY, "luanet.msg", self_name or "", msg)

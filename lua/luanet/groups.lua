@@ -1,0 +1,391 @@
+-- Calls to a group of services, the caller's side (docs/groups.md): luanet.Group, the
+-- policies that pick a member, broadcast, retries. The membership comes from a name
+-- service once (luanet.ns.group) and then by push (luanet.ns.group_changed); the name
+-- service's side is luanet/ns_groups.lua, the master lease's candidate side
+-- luanet/master.lua.
+
+local core = require "luanet.core"
+
+return function(luanet, internal)
+local config = internal.config
+local Options = internal.Options
+local hash64, now, ult = core.hash64, core.now, math.ult
+
+local PASS_OVER = 1          -- seconds a member whose call failed is passed over
+
+local Group = {}
+Group.__index = Group
+
+local POLICIES = { random = true, ["round-robin"] = true, least = true, hash = true,
+                   broadcast = true, master = true }
+
+local states = {}            -- "kind:value" -> the membership every Group of that selector shares
+local down = {}              -- member name -> time until which it is passed over
+internal.group_listeners = {}  -- functions called with a state after each change
+
+local function fail(word, detail) return nil, word, detail end
+
+local function selector_of(fname, selector, level)
+   if type(selector) == "string" and selector:sub(-1) == "*" and #selector <= 257 then
+      return "prefix", selector:sub(1, -2)
+   elseif type(selector) == "table" and getmetatable(selector) == nil then
+      local f = selector.provides
+      if type(f) == "string" and f ~= "" and #f <= 256 and next(selector, next(selector)) == nil then
+         return "provides", f
+      end
+   end
+   error(fname .. ": bad argument #1 'selector' (\"prefix*\" or { provides = fname } expected, got "
+      .. (type(selector) == "string" and ("%q"):format(selector) or type(selector)) .. ")", level)
+end
+
+local function state_of(kind, value)
+   local key = kind .. ":" .. value
+   local st = states[key]
+   if not st then
+      st = { kind = kind, value = value, key = key, names = {}, seeds = {}, inflight = {},
+             version = -1, known = false, changed = luanet.cond() }
+      states[key] = st
+   end
+   return st
+end
+-- For StandForMaster: the state of `selector`, or an error at the level given.
+function internal.group_state(fname, selector, level)
+   local kind, value = selector_of(fname, selector, level + 1)
+   return state_of(kind, value), kind, value
+end
+
+---------------------------------------------------------------------------------------
+-- Membership
+---------------------------------------------------------------------------------------
+
+-- Takes a view a name service sent (from the network: checked before it is believed).
+local function apply(st, view, source)
+   if type(view) ~= "table" or not luanet.is_array(view.members) or math.type(view.version) ~= "integer"
+      or (view.master ~= nil and type(view.master) ~= "string") then
+      core.report(("group %s: a name service sent a malformed membership; ignored"):format(st.key))
+      return
+   end
+   if source == st.source and view.version <= st.version then return end   -- older than ours
+   local names, seeds = {}, {}
+   for i, m in ipairs(view.members) do
+      local name, address = type(m) == "table" and m[1], type(m) == "table" and m[2]
+      if type(name) ~= "string" or type(address) ~= "string" then
+         core.report(("group %s: a name service sent a malformed member; ignored"):format(st.key))
+         return
+      end
+      names[i], seeds[name] = name, hash64(name)
+      internal.learn(name, address)
+      if not st.seeds[name] then down[name] = nil end   -- listed again: a fresh start
+   end
+   st.names, st.seeds, st.master = names, seeds, view.master
+   st.version, st.source, st.known, st.stale = view.version, source, true, false
+   st.changed:broadcast()
+   for _, f in ipairs(internal.group_listeners) do f(st) end
+end
+
+local function fetch(st)
+   local ok, view, detail = internal.ask_name_service(now() + config.call_timeout,
+      "luanet.ns.group", st.kind, st.value)
+   st.fetching = false
+   if ok then
+      apply(st, view, internal.peer(detail))
+   else
+      st.why = ("%s (%s)"):format(view, tostring(detail))
+   end
+   st.fetched = (st.fetched or 0) + 1
+   st.changed:broadcast()
+end
+
+-- Makes sure the membership is known; a stale one (its name service went away) is used
+-- while a fresh one is fetched.
+local function ensure(st, deadline)
+   if st.known and not st.stale then return true end
+   if not st.fetching then
+      st.fetching = true
+      luanet.spawn(fetch, st)
+   end
+   if st.known then return true end
+   local attempt = st.fetched
+   while not st.known and st.fetched == attempt do
+      if not st.changed:wait(math.max(0, deadline - now()), "group membership") then
+         return fail("timeout", "fetching the members of " .. st.key)
+      end
+   end
+   if st.known then return true end
+   return fail("no name service", "the members of " .. st.key .. ": " .. tostring(st.why))
+end
+
+internal.notify["luanet.ns.group_changed"] = function(peer, params)
+   local kind, value, view = params[1], params[2], params[3]
+   if type(kind) ~= "string" or type(value) ~= "string" then return end
+   local st = states[kind .. ":" .. value]
+   -- From the name service we follow, or (while the first answer is on its way) any.
+   if st and (peer == st.source or st.fetching) then apply(st, view, peer) end
+end
+
+internal.lost[#internal.lost + 1] = function(peer)
+   for _, st in pairs(states) do
+      if st.source == peer then st.stale = true end
+      if peer.name and st.seeds[peer.name] then down[peer.name] = now() + PASS_OVER end
+   end
+end
+
+---------------------------------------------------------------------------------------
+-- Picking a member
+---------------------------------------------------------------------------------------
+
+local function usable(name, tried)
+   if tried and tried[name] then return false end
+   local d = down[name]
+   return not d or d <= now()
+end
+
+-- In turn from `start`, the first usable member; failing that, the first not yet tried.
+local function scan(names, start, tried)
+   local n = #names
+   for i = 0, n - 1 do
+      local name = names[(start + i - 1) % n + 1]
+      if usable(name, tried) then return name end
+   end
+   for i = 0, n - 1 do
+      local name = names[(start + i - 1) % n + 1]
+      if not (tried and tried[name]) then return name end
+   end
+end
+
+local function mix(x)
+   x = (x ~ (x >> 30)) * 0xbf58476d1ce4e5b9
+   x = (x ~ (x >> 27)) * 0x94d049bb133111eb
+   return x ~ (x >> 31)
+end
+
+-- Rendezvous hashing (PROTOCOL.md): the member with the highest mix(H(key) ~ H(name)).
+local function by_hash(st, key, tried, ignore_down)
+   local hk = hash64(math.type(key) == "integer" and ("%d"):format(key) or key)
+   local best, best_score
+   for _, name in ipairs(st.names) do
+      if (ignore_down and not (tried and tried[name])) or usable(name, tried) then
+         local score = mix(hk ~ st.seeds[name])
+         if not best or ult(best_score, score) or (score == best_score and name < best) then
+            best, best_score = name, score
+         end
+      end
+   end
+   if not best and not ignore_down then return by_hash(st, key, tried, true) end
+   return best
+end
+
+local function least(g, st, tried)
+   local names, inflight = st.names, st.inflight
+   local n = #names
+   g.turn = g.turn % n + 1
+   local best, fewest
+   for i = 0, n - 1 do
+      local name = names[(g.turn + i - 1) % n + 1]
+      if usable(name, tried) then
+         local k = inflight[name] or 0
+         if not best or k < fewest then best, fewest = name, k end
+      end
+   end
+   return best or scan(names, g.turn, tried)
+end
+
+local function pick(g, st, opts, tried)
+   local names = st.names
+   local n = #names
+   if n == 0 then return nil end
+   local policy = g.policy
+   if policy == "round-robin" then
+      g.turn = g.turn % n + 1
+      local name = names[g.turn]
+      if not down[name] and not tried then return name end
+      return scan(names, g.turn, tried)
+   elseif policy == "random" then
+      return scan(names, math.random(n), tried)
+   elseif policy == "least" then
+      return least(g, st, tried)
+   elseif policy == "hash" then
+      return by_hash(st, opts.key, tried)
+   end
+   -- master: only the lease holder will do.
+   local m = st.master
+   if m and not (tried and tried[m]) then return m end
+end
+
+---------------------------------------------------------------------------------------
+-- Calls and messages
+---------------------------------------------------------------------------------------
+
+local function options_of(...)
+   local n = select("#", ...)
+   if n == 0 then return nil end
+   local last = select(n, ...)
+   if getmetatable(last) == Options then return last end
+end
+
+-- Runs fn(name) for every member at once; returns when all have finished.
+local function each(names, deadline, fn)
+   local left, done = #names, luanet.cond()
+   for i, name in ipairs(names) do
+      luanet.spawn(function()
+         fn(i, name)
+         left = left - 1
+         if left == 0 then done:broadcast() end
+      end)
+   end
+   while left > 0 do
+      if not done:wait(math.max(0, deadline - now()), "group broadcast") then return false end
+   end
+   return true
+end
+
+local function broadcast_call(st, timeout, fname, ...)
+   local names = st.names
+   if #names == 0 then return fail("no such service", "the group " .. st.key .. " has no members") end
+   local args = table.pack(...)
+   local results = {}
+   -- Each call ends by its own timeout; the outer deadline only guards against a bug.
+   local deadline = now() + timeout + config.connect_timeout + 1
+   each(names, deadline, function(i, name)
+      local r, word, detail = luanet.RPCCall(name, fname, table.unpack(args, 1, args.n))
+      if word == nil then
+         results[i] = { name = name, ok = true, result = r }
+      else
+         results[i] = { name = name, ok = false, word = word, detail = detail }
+      end
+   end)
+   for i, name in ipairs(names) do
+      results[i] = results[i] or { name = name, ok = false, word = "timeout", detail = "no answer in time" }
+   end
+   return results
+end
+
+local function retryable(word, policy)
+   return word == "connection lost" or word == "timeout" or (policy == "master" and word == "not master")
+end
+
+-- The master policy with no usable holder: waits for the lease to (move and) be held.
+local function await_master(st, tried, deadline)
+   while not st.master or (tried and tried[st.master]) do
+      if not st.changed:wait(math.max(0, deadline - now()), "group master") then return nil end
+   end
+   return st.master
+end
+
+local function check_key(g, opts)
+   if g.policy == "hash" and (not opts or opts.key == nil) then
+      error("RPCCall/SendMsg: a group with the \"hash\" policy needs luanet.call_options{ key = ... }", 4)
+   end
+end
+
+function internal.group_call(g, fname, ...)
+   local st = g.state
+   local opts = options_of(...)
+   check_key(g, opts)
+   local timeout = opts and opts.timeout or config.call_timeout
+   if not st.known or st.stale then
+      local ok, word, detail = ensure(st, now() + timeout)
+      if not ok then return nil, word, detail end
+   end
+   local policy = g.policy
+   if policy == "broadcast" then return broadcast_call(st, timeout, fname, ...) end
+   local retries = opts and opts.idempotent and (opts.retries or 2) or 0
+   local tried
+   local r, word, detail
+   for _ = 0, retries do
+      local name = pick(g, st, opts, tried)
+      if not name and policy == "master" then
+         name = await_master(st, tried, now() + timeout)
+         if not name then
+            return fail("no master", ("no member of %s held the master lease within %g s"):format(st.key, timeout))
+         end
+      elseif not name then
+         if tried then break end
+         return fail("no such service", "the group " .. st.key .. " has no members")
+      end
+      local inflight = st.inflight
+      inflight[name] = (inflight[name] or 0) + 1
+      r, word, detail = luanet.RPCCall(name, fname, ...)
+      inflight[name] = inflight[name] - 1
+      if inflight[name] == 0 then inflight[name] = nil end
+      if word == nil or not retryable(word, policy) then return r, word, detail end
+      if word ~= "not master" then down[name] = now() + PASS_OVER end
+      tried = tried or {}
+      tried[name] = true
+   end
+   return r, word, detail
+end
+
+function internal.group_send(g, msg, opts)
+   local st = g.state
+   check_key(g, opts)
+   local timeout = opts and opts.timeout or config.call_timeout
+   if not st.known or st.stale then
+      local ok, word, detail = ensure(st, now() + timeout)
+      if not ok then return nil, word, detail end
+   end
+   if g.policy ~= "broadcast" then
+      local name = pick(g, st, opts)
+      if not name and g.policy == "master" then name = await_master(st, nil, now() + timeout) end
+      if not name then
+         return fail(g.policy == "master" and "no master" or "no such service",
+            "the group " .. st.key .. " has no " .. (g.policy == "master" and "master" or "members"))
+      end
+      local ok, word, detail = luanet.SendMsg(name, msg, opts)
+      if word == "connection lost" then down[name] = now() + PASS_OVER end
+      return ok, word, detail
+   end
+   local names = st.names
+   if #names == 0 then return fail("no such service", "the group " .. st.key .. " has no members") end
+   local failures, sent = {}, 0
+   each(names, now() + timeout + config.connect_timeout + 1, function(_, name)
+      local ok, word, detail = luanet.SendMsg(name, msg, opts)
+      if ok then
+         sent = sent + 1
+      else
+         failures[#failures + 1] = { name = name, word = word, detail = detail }
+      end
+   end)
+   if sent == 0 then
+      local f = failures[1]
+      return fail(f and f.word or "timeout", ("sent to none of %d members; %s: %s"):format(
+         #names, f and f.name or "?", f and tostring(f.detail) or "no answer in time"))
+   end
+   table.sort(failures, function(a, b) return a.name < b.name end)
+   return sent, failures
+end
+
+---------------------------------------------------------------------------------------
+-- The public face
+---------------------------------------------------------------------------------------
+
+function internal.is_group(v) return getmetatable(v) == Group end
+
+--- luanet.Group(selector, [policy]) -> group
+function luanet.Group(selector, policy)
+   local kind, value = selector_of("Group", selector, 3)
+   if policy == nil then policy = "round-robin" end
+   if not POLICIES[policy] then
+      error("Group: bad argument #2 'policy' (random, round-robin, least, hash, broadcast or master expected, got "
+         .. tostring(policy) .. ")", 2)
+   end
+   return setmetatable({ state = state_of(kind, value), policy = policy, turn = 0 }, Group)
+end
+
+--- group:members() -> { name, ... } | nil, word, detail
+function Group:members()
+   local ok, word, detail = ensure(self.state, now() + config.call_timeout)
+   if not ok then return nil, word, detail end
+   return table.move(self.state.names, 1, #self.state.names, 1, {})
+end
+
+--- group:master() -> name | nil
+function Group:master()
+   return self.state.master
+end
+
+function Group:__tostring()
+   return ("luanet.Group(%s, %s)"):format(self.state.key, self.policy)
+end
+
+end
