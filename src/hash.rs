@@ -27,11 +27,35 @@ pub fn hash64(bytes: &[u8]) -> u64 {
     mix(h)
 }
 
-/// `core.hash64(bytes) -> integer` (the 64 bits as Lua's signed integer).
+/// An integer key hashes as its decimal text, written here without making a Lua string.
+fn decimal(n: i64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    let mut m = n.unsigned_abs();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (m % 10) as u8;
+        m /= 10;
+        if m == 0 {
+            break;
+        }
+    }
+    if n < 0 {
+        i -= 1;
+        buf[i] = b'-';
+    }
+    &buf[i..]
+}
+
+/// `core.hash64(string | integer) -> integer` (the 64 bits as Lua's signed integer).
 pub unsafe extern "C-unwind" fn hash64_lua(l: *mut lua_State) -> c_int {
     lua::entry(l, || {
-        let bytes = lua::check_bytes(l, 1, "hash64", "bytes")?;
-        ffi::lua_pushinteger(l, hash64(bytes) as ffi::lua_Integer);
+        let h = if ffi::lua_type(l, 1) == ffi::LUA_TNUMBER && ffi::lua_isinteger(l, 1) != 0 {
+            let mut buf = [0u8; 20];
+            hash64(decimal(ffi::lua_tointeger(l, 1), &mut buf))
+        } else {
+            hash64(lua::check_bytes(l, 1, "hash64", "key")?)
+        };
+        ffi::lua_pushinteger(l, h as ffi::lua_Integer);
         Ok(Ret::Values(1))
     })
 }
@@ -46,6 +70,14 @@ mod tests {
         assert_eq!(hash64(b""), mix(0xcbf2_9ce4_8422_2325));
         assert_eq!(hash64(b"a"), mix(0xaf63_dc4c_8601_ec8c));
         assert_eq!(hash64(b"foobar"), mix(0x8594_4171_f739_67e8));
+    }
+
+    #[test]
+    fn integers_hash_as_their_decimal_text() {
+        let mut buf = [0u8; 20];
+        for n in [0i64, 7, -7, 42, 1_000_000, i64::MAX, i64::MIN] {
+            assert_eq!(decimal(n, &mut buf), n.to_string().as_bytes());
+        }
     }
 
     #[test]

@@ -49,7 +49,7 @@ end
 local function new_peer(conn, key, dialed)
    local peer = {
       conn = conn, key = key, keys = {}, name = nil, alive = true, dialed = dialed,
-      pending = {}, next_id = 0, drained = luanet.cond(), draining = false, handling = 0,
+      pending = {}, waiting = 0, next_id = 0, drained = luanet.cond(), draining = false, handling = 0,
       -- With a cluster token, nothing but hello, auth and ping is accepted until the peer
       -- has proved it holds the token (see on_auth).
       authed = not config.token, introduced = luanet.cond(),
@@ -88,6 +88,7 @@ local function lose(peer, why, leave_socket)
       w.lost = why or "closed"
       core.wake(w.id, w.wait)
    end
+   peer.waiting = 0
    peer.lost_why = why or "closed"
    if peer.my_nonce then issued_nonces[peer.my_nonce] = nil end
    if peer.counted_unauthenticated then unauthenticated = unauthenticated - 1 end
@@ -566,7 +567,7 @@ function internal.connection_stats()
    local connections, waiting = 0, 0
    for peer in pairs(live) do
       connections = connections + 1
-      for _ in pairs(peer.pending) do waiting = waiting + 1 end
+      waiting = waiting + peer.waiting
    end
    return connections, waiting, replaced
 end

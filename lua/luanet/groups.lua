@@ -9,7 +9,8 @@ local core = require "luanet.core"
 return function(luanet, internal)
 local config = internal.config
 local Options = internal.Options
-local hash64, now, ult = core.hash64, core.now, math.ult
+local hash64, now, ult, random = core.hash64, core.now, math.ult, math.random
+local RPCCall, peer_of = luanet.RPCCall, internal.peer
 
 local PASS_OVER = 1          -- seconds a member whose call failed is passed over
 
@@ -42,7 +43,7 @@ local function state_of(kind, value)
    local key = kind .. ":" .. value
    local st = states[key]
    if not st then
-      st = { kind = kind, value = value, key = key, names = {}, seeds = {}, inflight = {},
+      st = { kind = kind, value = value, key = key, names = {}, seeds = {},
              version = -1, known = false, changed = luanet.cond() }
       states[key] = st
    end
@@ -76,6 +77,9 @@ local function apply(st, view, source)
       names[i], seeds[name] = name, hash64(name)
       internal.learn(name, address)
       if not st.seeds[name] then down[name] = nil end   -- listed again: a fresh start
+   end
+   for name in pairs(st.seeds) do
+      if not seeds[name] then down[name] = nil end    -- gone: nothing to remember about it
    end
    st.names, st.seeds, st.master = names, seeds, view.master
    st.version, st.source, st.known, st.stale = view.version, source, true, false
@@ -137,7 +141,8 @@ end
 local function usable(name, tried)
    if tried and tried[name] then return false end
    local d = down[name]
-   return not d or d <= now()
+   if d and d <= now() then down[name], d = nil, nil end
+   return not d
 end
 
 -- In turn from `start`, the first usable member; failing that, the first not yet tried.
@@ -153,19 +158,18 @@ local function scan(names, start, tried)
    end
 end
 
-local function mix(x)
-   x = (x ~ (x >> 30)) * 0xbf58476d1ce4e5b9
-   x = (x ~ (x >> 27)) * 0x94d049bb133111eb
-   return x ~ (x >> 31)
-end
-
--- Rendezvous hashing (PROTOCOL.md): the member with the highest mix(H(key) ~ H(name)).
+-- Rendezvous hashing (PROTOCOL.md): the member with the highest mix(H(key) ~ H(name)),
+-- mix being SplitMix64's finaliser (written out in the loop: it runs once per member).
 local function by_hash(st, key, tried, ignore_down)
-   local hk = hash64(math.type(key) == "integer" and ("%d"):format(key) or key)
+   local hk = hash64(key)     -- an integer key hashes as its decimal text
+   local seeds = st.seeds
    local best, best_score
    for _, name in ipairs(st.names) do
       if (ignore_down and not (tried and tried[name])) or usable(name, tried) then
-         local score = mix(hk ~ st.seeds[name])
+         local x = hk ~ seeds[name]
+         x = (x ~ (x >> 30)) * 0xbf58476d1ce4e5b9
+         x = (x ~ (x >> 27)) * 0x94d049bb133111eb
+         local score = x ~ (x >> 31)
          if not best or ult(best_score, score) or (score == best_score and name < best) then
             best, best_score = name, score
          end
@@ -175,15 +179,18 @@ local function by_hash(st, key, tried, ignore_down)
    return best
 end
 
+-- The member with the fewest calls from this process waiting for an answer on its
+-- connection (any calls: by name, by address or through any group); ties in turn.
 local function least(g, st, tried)
-   local names, inflight = st.names, st.inflight
+   local names = st.names
    local n = #names
    g.turn = g.turn % n + 1
    local best, fewest
    for i = 0, n - 1 do
       local name = names[(g.turn + i - 1) % n + 1]
       if usable(name, tried) then
-         local k = inflight[name] or 0
+         local peer = peer_of(name)
+         local k = peer and peer.waiting or 0
          if not best or k < fewest then best, fewest = name, k end
       end
    end
@@ -201,7 +208,7 @@ local function pick(g, st, opts, tried)
       if not down[name] and not tried then return name end
       return scan(names, g.turn, tried)
    elseif policy == "random" then
-      return scan(names, math.random(n), tried)
+      return scan(names, random(n), tried)
    elseif policy == "least" then
       return least(g, st, tried)
    elseif policy == "hash" then
@@ -274,10 +281,15 @@ end
 
 local function check_key(g, opts)
    if g.policy == "hash" and (not opts or opts.key == nil) then
-      error("RPCCall/SendMsg: a group with the \"hash\" policy needs luanet.call_options{ key = ... }", 4)
+      -- Level 3: RPCCall and SendMsg tail-call group_call and group_send, so their
+      -- caller is two up.
+      error("RPCCall/SendMsg: a group with the \"hash\" policy needs luanet.call_options{ key = ... }", 3)
    end
 end
 
+-- RPCCall comes here (a tail call: what this returns, RPCCall returns) for everything
+-- but the common case: broadcast, retries, an unknown or stale membership, no
+-- usable member, a member passed over.
 function internal.group_call(g, fname, ...)
    local st = g.state
    local opts = options_of(...)
@@ -303,17 +315,44 @@ function internal.group_call(g, fname, ...)
          if tried then break end
          return fail("no such service", "the group " .. st.key .. " has no members")
       end
-      local inflight = st.inflight
-      inflight[name] = (inflight[name] or 0) + 1
-      r, word, detail = luanet.RPCCall(name, fname, ...)
-      inflight[name] = inflight[name] - 1
-      if inflight[name] == 0 then inflight[name] = nil end
-      if word == nil or not retryable(word, policy) then return r, word, detail end
-      if word ~= "not master" then down[name] = now() + PASS_OVER end
+      r, word, detail = RPCCall(name, fname, ...)
+      if word == nil then return r end
+      if not retryable(word, policy) then return nil, word, detail end
+      internal.group_failed(name, word)
       tried = tried or {}
       tried[name] = true
    end
-   return r, word, detail
+   return nil, word, detail
+end
+
+-- RPCCall asks this first: the member for the common case (a known membership, a usable
+-- member, no retries, not broadcast), or nil for the long way above. It is the whole cost a group call adds to a call by name.
+function internal.group_pick(g, opts)
+   local st = g.state
+   local names = st.names
+   local count = #names
+   if count == 0 or st.stale or (opts and opts.idempotent) then return nil end
+   local policy, name = g.policy, nil
+   if policy == "round-robin" then
+      local t = g.turn % count + 1
+      g.turn, name = t, names[t]
+   elseif policy == "random" then
+      name = names[random(count)]
+   elseif policy == "hash" then
+      if not (opts and opts.key ~= nil) then return nil end   -- the long way raises the error
+      name = by_hash(st, opts.key)
+   elseif policy == "master" then
+      name = st.master
+   elseif policy == "least" then
+      name = least(g, st)
+   end
+   if name == nil or down[name] then return nil end
+   return name
+end
+
+-- A call RPCCall made to a member from group_pick failed.
+function internal.group_failed(name, word)
+   if word ~= "not master" then down[name] = now() + PASS_OVER end
 end
 
 function internal.group_send(g, msg, opts)
@@ -332,8 +371,9 @@ function internal.group_send(g, msg, opts)
             "the group " .. st.key .. " has no " .. (g.policy == "master" and "master" or "members"))
       end
       local ok, word, detail = luanet.SendMsg(name, msg, opts)
+      if ok then return ok end
       if word == "connection lost" then down[name] = now() + PASS_OVER end
-      return ok, word, detail
+      return nil, word, detail
    end
    local names = st.names
    if #names == 0 then return fail("no such service", "the group " .. st.key .. " has no members") end
@@ -359,7 +399,7 @@ end
 -- The public face
 ---------------------------------------------------------------------------------------
 
-function internal.is_group(v) return getmetatable(v) == Group end
+internal.Group = Group
 
 --- luanet.Group(selector, [policy]) -> group
 function luanet.Group(selector, policy)

@@ -30,8 +30,10 @@ local internal = {
    resolve = nil,             -- function(name, deadline) -> address | nil, word, detail
    forget = nil,              -- function(name): a call by that name failed; drop the cached address
    functions_changed = nil,   -- function(): RegRPCFunction added a function
-   is_group = nil,            -- function(v): v is a luanet.Group (luanet/groups.lua)
-   group_call = nil,          -- function(group, fname, ...): RPCCall to a group
+   Group = nil,               -- the metatable of luanet.Group's groups (luanet/groups.lua)
+   group_pick = nil,          -- function(group, opts) -> member name | nil: take the long way
+   group_call = nil,          -- function(group, fname, ...): RPCCall to a group, the long way
+   group_failed = nil,        -- function(name, word): a call to that member failed
    group_send = nil,          -- function(group, msg, opts): SendMsg to a group
 }
 
@@ -196,6 +198,7 @@ local function on_response(peer, msgid, err, result)
    local w = peer.pending[msgid]
    if not w then return true end        -- a late reply to a call that timed out
    peer.pending[msgid] = nil
+   peer.waiting = peer.waiting - 1
    w.err, w.result = err, result
    core.wake(w.id, w.wait)
    return true
@@ -316,33 +319,41 @@ end
 function internal.self() return self_name, self_address end
 
 --- RPCCall(target, fname, args..., [luanet.call_options{timeout = s}]) -> result | nil, word, detail
+--- target: an address, a name, or a luanet.Group (docs/groups.md).
 function luanet.RPCCall(target, fname, ...)
+   local group
    if type(target) ~= "string" then
-      if internal.is_group(target) then
-         if type(fname) ~= "string" then
-            error("RPCCall: bad argument #2 'fname' (string expected, got " .. type(fname) .. ")", 2)
-         end
-         local r, word, detail = internal.group_call(target, fname, ...)
-         if word == nil then return r end
-         return nil, word, detail
+      if getmetatable(target) ~= internal.Group then
+         error("RPCCall: bad argument #1 'target' (a name, an address or a group expected, got "
+            .. type(target) .. ")", 2)
       end
-      error("RPCCall: bad argument #1 'target' (a name, an address or a group expected, got "
-         .. type(target) .. ")", 2)
+      group = target
    end
    if type(fname) ~= "string" then
       error("RPCCall: bad argument #2 'fname' (string expected, got " .. type(fname) .. ")", 2)
    end
    local nargs = select("#", ...)
-   local timeout = config.call_timeout
+   local timeout, opts = config.call_timeout, nil
    if nargs > 0 then
       local last = select(nargs, ...)
       if getmetatable(last) == Options then
+         opts = last
          timeout = last.timeout or timeout
          nargs = nargs - 1
       end
    end
+   if group then
+      -- The common case picks a member and goes on as a call by its name, here: a group
+      -- call costs one pick more than a call by name. Broadcast, retries and everything
+      -- unusual take the longer way (luanet/groups.lua), which calls back in by name.
+      target = internal.group_pick(group, opts)
+      if not target then return internal.group_call(group, fname, ...) end
+   end
    local peer, left, detail = ready_peer(target, timeout)
-   if not peer then return nil, left, detail end
+   if not peer then
+      if group then internal.group_failed(target, left) end
+      return nil, left, detail
+   end
    peer.next_id = (peer.next_id + 1) & 0xffffffff
    local msgid = peer.next_id
    local ok, word
@@ -351,9 +362,12 @@ function luanet.RPCCall(target, fname, ...)
    local id, wait = core.prepare_wait("RPCCall")
    local w = { id = id, wait = wait }
    peer.pending[msgid] = w
+   peer.waiting = peer.waiting + 1         -- the "least" group policy reads it
    ok = core.suspend(left, "RPCCall")
    if not ok then
       peer.pending[msgid] = nil
+      peer.waiting = peer.waiting - 1
+      if group then internal.group_failed(target, "timeout") end
       return fail("timeout", ("%s.%s did not answer within %g s"):format(target, fname, timeout))
    end
    if w.lost then
@@ -377,11 +391,8 @@ function luanet.SendMsg(target, msg, opts)
       error("SendMsg: bad argument #3 'opts' (luanet.call_options{...} or nil expected)", 2)
    end
    if type(target) ~= "string" then
-      if internal.is_group(target) then
-         local sent, failures_or_word, detail = internal.group_send(target, msg, opts)
-         if sent == nil then return nil, failures_or_word, detail end
-         if failures_or_word == nil then return sent end
-         return sent, failures_or_word     -- a broadcast: how many, and who failed
+      if getmetatable(target) == internal.Group then
+         return internal.group_send(target, msg, opts)
       end
       error("SendMsg: bad argument #1 'target' (a name, an address or a group expected, got "
          .. type(target) .. ")", 2)
