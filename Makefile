@@ -40,6 +40,7 @@ demo: deps
 bench: local
 	$(LUAENV) bench/run
 	$(LUAENV) bench/rpc
+	$(LUAENV) bench/groups
 	$(LUAENV) bench/restart
 	$(LUAENV) lua5.4 bench/log.lua
 
