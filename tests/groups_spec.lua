@@ -9,8 +9,11 @@
 -- exactly one candidate, taken over after SIGKILL (a caller calling in a loop meanwhile) and
 -- after SIGSTOP, three candidates racing and handing over by resign with no overlap;
 -- retries after a timeout, after a lost connection (hash: the key's next member), around a
--- member killed under load; membership changes pushed to a caller that makes no request (a
--- proxy counts its requests); failure paths and bad input.
+-- member killed under load, and for calls that start after a member or the master was
+-- killed but before the caller heard it left (also with the name service's pushes held 150
+-- ms by a relay); membership changes pushed to a caller that makes no request (a relay
+-- counts its requests); the rendezvous hash checked against PROTOCOL.md's formula; failure
+-- paths and bad input, in the API and over the wire (luanet.ns.lease).
 --
 -- As in names_spec, every name service, member and caller is a child lua5.4 process (H.bg):
 -- this process never becomes a service and never calls UseNameService. It drives the
@@ -932,7 +935,7 @@ describe("groups: the master lease", function()
     end, 30)
   end)
 
-  it("a frozen (SIGSTOP) master is replaced within ttl plus a small margin, and no longer holds when it resumes", function()
+  it("a frozen (SIGSTOP) master is replaced within ttl plus a small margin, its callers follow the new one, and it no longer holds when it resumes", function()
     H.run(function()
       local TTL = 1
       local ns = start_ns()
@@ -951,6 +954,27 @@ describe("groups: the master lease", function()
       assert.equals(1, #h, "holders: " .. table.concat(h, ", "))
       local x = ms[h[1]]
       local y = x == all[1] and all[2] or all[1]
+      -- a caller calls the master in a loop, idempotent, with a timeout well over the ttl
+      local CALL_TIMEOUT = 3
+      local c = start_caller(ns)
+      eval(c, 5, [[
+        S.g = luanet.Group("n.*", "master")
+        S.log, S.stop, S.done = {}, false, false
+        luanet.spawn(function()
+          while not S.stop do
+            local t0 = luanet.now()
+            local v, w, d = luanet.RPCCall(S.g, "Write", 1,
+              luanet.call_options { timeout = ]] .. CALL_TIMEOUT .. [[, idempotent = true })
+            S.log[#S.log + 1] = { at = clock(), el = luanet.now() - t0, v = v, w = w, d = d }
+            luanet.sleep(0.01)
+          end
+          S.done = true
+        end)
+      ]])
+      assert.is_true(H.wait_for(function()
+        local log = eval(c, 2, "return S.log")
+        return #log >= 5 and log[#log].v == x.name
+      end, 3), "the caller does not reach the master")
 
       local t_stop = clock()
       x.kill("STOP")
@@ -961,6 +985,29 @@ describe("groups: the master lease", function()
       end, 4), "the standby did not take over from a frozen master within 4 s")
       local takeover = took - t_stop
       report("master SIGSTOPped (ttl %g): %s took over after %.3f s", TTL, y.name, takeover)
+      local followed
+      assert.is_true(H.wait_for(function()
+        for _, l in ipairs(eval(c, 2, "return S.log")) do
+          if l.v == y.name then followed = l.at return true end
+        end
+        return false
+      end, CALL_TIMEOUT + 1), "the caller did not reach the new master")
+      local log = eval(c, 5, [[
+        S.stop = true
+        while not S.done do luanet.sleep(0.01) end
+        return S.log
+      ]])
+      local fails, slowest = {}, 0
+      for _, l in ipairs(log) do
+        slowest = math.max(slowest, l.el)
+        if l.v == nil then fails[#fails + 1] = tostring(l.w) .. ": " .. tostring(l.d) end
+      end
+      report("frozen master: the caller's first answer from %s came %.3f s after SIGSTOP; %d calls, %d failed, "
+        .. "slowest %.3f s (call timeout %g s)", y.name, followed - t_stop, #log, #fails, slowest, CALL_TIMEOUT)
+      assert.same({}, fails)
+      -- it followed the new master within the lease time, not after its own timeout
+      assert.is_true(followed - t_stop <= TTL + 0.5, ("the caller followed after %.3f s"):format(followed - t_stop))
+      assert.is_true(slowest <= TTL + 0.5, ("a call took %.3f s"):format(slowest))
       -- not while the frozen master's lease could still be valid, and within ttl + margin
       assert.is_true(takeover >= TTL / 3, ("took over after only %.3f s"):format(takeover))
       assert.is_true(takeover <= TTL + 0.5, ("took over after %.3f s"):format(takeover))
@@ -1480,7 +1527,7 @@ describe("groups: failure paths and bad input", function()
         end
       end
       assert.same({}, failed)
-      report("failure paths: e.g. %q", r.cases[9].msg)
+      for _, x in ipairs(r.cases) do report("failure path, %s: %s", x.name, x.msg) end
       for _, e in ipairs(r.edge) do
         assert.is_true(e.ok, ("ttl %g was refused: %s"):format(e.ttl, e.msg))
       end

@@ -43,7 +43,7 @@ local function state_of(kind, value)
    local key = kind .. ":" .. value
    local st = states[key]
    if not st then
-      st = { kind = kind, value = value, key = key, names = {}, seeds = {},
+      st = { kind = kind, value = value, key = key, names = {}, seeds = {}, followers = {},
              version = -1, known = false, changed = luanet.cond() }
       states[key] = st
    end
@@ -81,9 +81,13 @@ local function apply(st, view, source)
    for name in pairs(st.seeds) do
       if not seeds[name] then down[name] = nil end    -- gone: nothing to remember about it
    end
+   local moved = st.master ~= view.master
    st.names, st.seeds, st.master = names, seeds, view.master
    st.version, st.source, st.known, st.stale = view.version, source, true, false
    st.changed:broadcast()
+   if moved and view.master then
+      for wake in pairs(st.followers) do wake:broadcast() end
+   end
    for _, f in ipairs(internal.group_listeners) do f(st) end
 end
 
@@ -267,8 +271,31 @@ local function broadcast_call(st, timeout, fname, ...)
    return results
 end
 
+-- "no such service": the member went (or its port is closed) before the push said so.
 local function retryable(word, policy)
-   return word == "connection lost" or word == "timeout" or (policy == "master" and word == "not master")
+   return word == "connection lost" or word == "timeout" or word == "no such service"
+      or (policy == "master" and (word == "not master" or word == "master moved"))
+end
+
+-- An idempotent call to the master stops waiting for the old master as soon as the name
+-- service says another member holds the lease: a frozen master's callers follow the new
+-- one within the lease time, not after their own timeout. (The call itself runs on in a
+-- task of its own until it answers or times out; being idempotent, it may also run.)
+local function call_following(st, name, fname, ...)
+   local args = table.pack(...)
+   local box, wake = {}, luanet.cond()
+   luanet.spawn(function()
+      box.r, box.word, box.detail = RPCCall(name, fname, table.unpack(args, 1, args.n))
+      box.done = true
+      wake:broadcast()
+   end)
+   st.followers[wake] = true
+   while not box.done and not (st.master and st.master ~= name) do
+      wake:wait(nil, "group master")     -- the call has its own timeout
+   end
+   st.followers[wake] = nil
+   if box.done then return box.r, box.word, box.detail end
+   return nil, "master moved", ("%s is no longer the master of %s; %s is"):format(name, st.key, st.master)
 end
 
 -- The master policy with no usable holder: waits for the lease to (move and) be held.
@@ -304,7 +331,7 @@ function internal.group_call(g, fname, ...)
    local retries = opts and opts.idempotent and (opts.retries or 2) or 0
    local tried
    local r, word, detail
-   for _ = 0, retries do
+   for attempt = 0, retries do
       local name = pick(g, st, opts, tried)
       if not name and policy == "master" then
          name = await_master(st, tried, now() + timeout)
@@ -315,18 +342,29 @@ function internal.group_call(g, fname, ...)
          if tried then break end
          return fail("no such service", "the group " .. st.key .. " has no members")
       end
-      r, word, detail = RPCCall(name, fname, ...)
+      if policy == "master" and retries > 0 then
+         r, word, detail = call_following(st, name, fname, ...)
+      else
+         r, word, detail = RPCCall(name, fname, ...)
+      end
       if word == nil then return r end
       if not retryable(word, policy) then return nil, word, detail end
       internal.group_failed(name, word)
-      tried = tried or {}
-      tried[name] = true
+      if word == "not master" then
+         -- A new master may be told it won after the name service told us: give it a
+         -- moment (10, 20, 40 ms ...) or a change of master, whichever comes first.
+         st.changed:wait(math.min(0.01 * 2 ^ attempt, timeout), "group master")
+      else
+         tried = tried or {}
+         tried[name] = true
+      end
    end
    return nil, word, detail
 end
 
 -- RPCCall asks this first: the member for the common case (a known membership, a usable
--- member, no retries, not broadcast), or nil for the long way above. It is the whole cost a group call adds to a call by name.
+-- member, no retries, not broadcast), or nil for the long way above. It is the whole
+-- cost a group call adds to a call by name.
 function internal.group_pick(g, opts)
    local st = g.state
    local names = st.names
@@ -352,7 +390,7 @@ end
 
 -- A call RPCCall made to a member from group_pick failed.
 function internal.group_failed(name, word)
-   if word ~= "not master" then down[name] = now() + PASS_OVER end
+   if word ~= "not master" and word ~= "master moved" then down[name] = now() + PASS_OVER end
 end
 
 function internal.group_send(g, msg, opts)
