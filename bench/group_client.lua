@@ -1,6 +1,8 @@
 -- Calls Plus through a group (or by name, for comparison) from many tasks; prints calls/s.
 -- usage: lua5.4 bench/group_client.lua NAMESERVICE TARGET TASKS SECONDS
---   TARGET: name:NAME                  RPCCall by name
+--   TARGET: name:NAME[,NAME...]        RPCCall by name (several: taken in turn, one call
+--                                      after another, whichever task makes it: the
+--                                      group-less way to spread calls)
 --           group:POLICY:SELECTOR      RPCCall to luanet.Group(SELECTOR, POLICY); SELECTOR is
 --                                      "provides=FNAME" or a "prefix*"; "hash" uses the
 --                                      call's number as its key
@@ -12,9 +14,11 @@ local ns, target, tasks, seconds = arg[1], arg[2], tonumber(arg[3]) or 100, tonu
 luanet.UseNameService(ns)
 
 local how, rest = target:match("^(%a+):(.+)$")
-local callee, policy
+local callee, policy, names
 if how == "name" then
-   callee = rest
+   names = {}
+   for n in rest:gmatch("[^,]+") do names[#names + 1] = n end
+   callee = names[1]
 else
    local sel
    policy, sel = rest:match("^([%a-]+):(.+)$")
@@ -23,6 +27,7 @@ else
 end
 
 local calls, answers, errors, running = 0, 0, 0, true
+local turn = 0
 local latencies = {}
 
 local function caller(i)
@@ -44,6 +49,9 @@ local function caller(i)
             end
             r = i + j
          end
+      elseif names and names[2] then
+         turn = turn % #names + 1
+         r, err, detail = luanet.RPCCall(names[turn], "Plus", { a = i, b = j })
       else
          r, err, detail = luanet.RPCCall(callee, "Plus", { a = i, b = j })
       end

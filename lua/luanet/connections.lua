@@ -553,6 +553,7 @@ function internal.serve(listener)
 end
 
 function internal.peer(key) return peers[key] end
+internal.peers = peers        -- read-only for the others: the "least" group policy reads it per call
 
 -- The live connection that takes over from `peer` (a duplicate of it), if any.
 function internal.successor(peer)

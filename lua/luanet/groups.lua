@@ -9,8 +9,9 @@ local core = require "luanet.core"
 return function(luanet, internal)
 local config = internal.config
 local Options = internal.Options
-local hash64, now, ult, random = core.hash64, core.now, math.ult, math.random
-local RPCCall, peer_of = luanet.RPCCall, internal.peer
+local hash64, now, random = core.hash64, core.now, math.random
+local RPCCall, peers = luanet.RPCCall, internal.peers
+local TOP_BIT = math.mininteger
 
 local PASS_OVER = 1          -- seconds a member whose call failed is passed over
 
@@ -163,18 +164,22 @@ local function scan(names, start, tried)
 end
 
 -- Rendezvous hashing (PROTOCOL.md): the member with the highest mix(H(key) ~ H(name)),
--- mix being SplitMix64's finaliser (written out in the loop: it runs once per member).
+-- mix being SplitMix64's finaliser, written out in the loop, and the unsigned comparison
+-- made signed by flipping the top bit: this runs per call, once per member.
 local function by_hash(st, key, tried, ignore_down)
    local hk = hash64(key)     -- an integer key hashes as its decimal text
-   local seeds = st.seeds
+   local names, seeds = st.names, st.seeds
    local best, best_score
-   for _, name in ipairs(st.names) do
-      if (ignore_down and not (tried and tried[name])) or usable(name, tried) then
+   for i = 1, #names do
+      local name = names[i]
+      local ok = not (tried and tried[name])
+      if ok and not ignore_down and down[name] then ok = usable(name) end
+      if ok then
          local x = hk ~ seeds[name]
          x = (x ~ (x >> 30)) * 0xbf58476d1ce4e5b9
          x = (x ~ (x >> 27)) * 0x94d049bb133111eb
-         local score = x ~ (x >> 31)
-         if not best or ult(best_score, score) or (score == best_score and name < best) then
+         local score = (x ~ (x >> 31)) ~ TOP_BIT
+         if best == nil or score > best_score or (score == best_score and name < best) then
             best, best_score = name, score
          end
       end
@@ -188,17 +193,21 @@ end
 local function least(g, st, tried)
    local names = st.names
    local n = #names
-   g.turn = g.turn % n + 1
+   local t = g.turn % n + 1
+   g.turn = t
    local best, fewest
-   for i = 0, n - 1 do
-      local name = names[(g.turn + i - 1) % n + 1]
-      if usable(name, tried) then
-         local peer = peer_of(name)
+   for i = t, t + n - 1 do
+      local name = names[(i - 1) % n + 1]
+      local ok = not (tried and tried[name])
+      if ok and down[name] then ok = usable(name) end
+      if ok then
+         local peer = peers[name]
          local k = peer and peer.waiting or 0
-         if not best or k < fewest then best, fewest = name, k end
+         if k == 0 then return name end     -- nobody does better
+         if best == nil or k < fewest then best, fewest = name, k end
       end
    end
-   return best or scan(names, g.turn, tried)
+   return best or scan(names, t, tried)
 end
 
 local function pick(g, st, opts, tried)
@@ -437,7 +446,6 @@ end
 -- The public face
 ---------------------------------------------------------------------------------------
 
-internal.Group = Group
 
 --- luanet.Group(selector, [policy]) -> group
 function luanet.Group(selector, policy)
@@ -447,7 +455,8 @@ function luanet.Group(selector, policy)
       error("Group: bad argument #2 'policy' (random, round-robin, least, hash, broadcast or master expected, got "
          .. tostring(policy) .. ")", 2)
    end
-   return setmetatable({ state = state_of(kind, value), policy = policy, turn = 0 }, Group)
+   return setmetatable({ [internal.IS_GROUP] = true, state = state_of(kind, value), policy = policy, turn = 0 },
+      Group)
 end
 
 --- group:members() -> { name, ... } | nil, word, detail

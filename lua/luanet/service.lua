@@ -12,6 +12,8 @@ return function(luanet)
 
 local REQUEST, RESPONSE, NOTIFY = 0, 1, 2
 local unpack = table.unpack
+local type, select, getmetatable = type, select, getmetatable    -- RPCCall's per-call checks
+local IS_GROUP = {}           -- the private key that marks a luanet.Group (a table lookup, no C call)
 
 local config = {
    call_timeout = 5,          -- seconds, per call unless overridden
@@ -30,7 +32,7 @@ local internal = {
    resolve = nil,             -- function(name, deadline) -> address | nil, word, detail
    forget = nil,              -- function(name): a call by that name failed; drop the cached address
    functions_changed = nil,   -- function(): RegRPCFunction added a function
-   Group = nil,               -- the metatable of luanet.Group's groups (luanet/groups.lua)
+   IS_GROUP = IS_GROUP,       -- luanet/groups.lua sets group[IS_GROUP] = true in each group
    group_pick = nil,          -- function(group, opts) -> member name | nil: take the long way
    group_call = nil,          -- function(group, fname, ...): RPCCall to a group, the long way
    group_failed = nil,        -- function(name, word): a call to that member failed
@@ -322,10 +324,11 @@ function internal.self() return self_name, self_address end
 --- target: an address, a name, or a luanet.Group (docs/groups.md).
 function luanet.RPCCall(target, fname, ...)
    local group
-   if type(target) ~= "string" then
-      if getmetatable(target) ~= internal.Group then
+   local kind = type(target)
+   if kind ~= "string" then
+      if kind ~= "table" or not target[IS_GROUP] then
          error("RPCCall: bad argument #1 'target' (a name, an address or a group expected, got "
-            .. type(target) .. ")", 2)
+            .. kind .. ")", 2)
       end
       group = target
    end
@@ -391,7 +394,7 @@ function luanet.SendMsg(target, msg, opts)
       error("SendMsg: bad argument #3 'opts' (luanet.call_options{...} or nil expected)", 2)
    end
    if type(target) ~= "string" then
-      if getmetatable(target) == internal.Group then
+      if type(target) == "table" and target[IS_GROUP] then
          return internal.group_send(target, msg, opts)
       end
       error("SendMsg: bad argument #1 'target' (a name, an address or a group expected, got "
