@@ -72,6 +72,8 @@ local function candidate(l)
       end
       if #granted >= majority then
          l.valid_until = sent + l.ttl * SAFETY
+         l.majority, l.grants = majority, {}
+         for _, ns in ipairs(granted) do l.grants[ns] = internal.peer(ns) or true end
          set_held(l, true)
          park(l, math.min(l.ttl / 3, l.valid_until - now()))
       else
@@ -83,6 +85,25 @@ local function candidate(l)
          local pause = l.ttl / 3 * (0.5 + math.random())
          if l.is then pause = math.min(pause, l.valid_until - now()) end
          park(l, pause)
+      end
+   end
+end
+
+-- A holder whose connection to a granting name service closes steps down at once: that
+-- name service has dropped the lease (it drops a holder's lease when its connection
+-- ends) and may grant it to a standby any moment, or it restarted and forgot it.
+internal.lost[#internal.lost + 1] = function(peer)
+   for l in pairs(standing) do
+      if l.is and l.grants then
+         local left = 0
+         for ns, p in pairs(l.grants) do
+            if p == peer then l.grants[ns] = nil else left = left + 1 end
+         end
+         if left < l.majority then
+            l.valid_until = 0
+            set_held(l, false)
+            unpark(l)
+         end
       end
    end
 end
