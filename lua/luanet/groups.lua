@@ -52,7 +52,7 @@ local function state_of(kind, value)
 end
 -- For StandForMaster: the state of `selector`, or an error at the level given.
 function internal.group_state(fname, selector, level)
-   local kind, value = selector_of(fname, selector, level + 1)
+   local kind, value = selector_of(fname, selector, level + 2)
    return state_of(kind, value), kind, value
 end
 
@@ -68,15 +68,19 @@ local function apply(st, view, source)
       return
    end
    if source == st.source and view.version <= st.version then return end   -- older than ours
-   local names, seeds = {}, {}
-   for i, m in ipairs(view.members) do
+   -- The whole view is checked before anything of it is believed.
+   for _, m in ipairs(view.members) do
       local name, address = type(m) == "table" and m[1], type(m) == "table" and m[2]
-      if type(name) ~= "string" or type(address) ~= "string" then
-         core.report(("group %s: a name service sent a malformed member; ignored"):format(st.key))
+      if type(name) ~= "string" or name == "" or type(address) ~= "string" or not internal.address_of(address) then
+         core.report(("group %s: a name service sent a malformed member; the view is ignored"):format(st.key))
          return
       end
+   end
+   local names, seeds = {}, {}
+   for i, m in ipairs(view.members) do
+      local name = m[1]
       names[i], seeds[name] = name, hash64(name)
-      internal.learn(name, address)
+      internal.learn(name, m[2])
       if not st.seeds[name] then down[name] = nil end   -- listed again: a fresh start
    end
    for name in pairs(st.seeds) do
@@ -99,7 +103,7 @@ local function fetch(st)
    if ok then
       apply(st, view, internal.peer(detail))
    else
-      st.why = ("%s (%s)"):format(view, tostring(detail))
+      st.word, st.why = view, tostring(detail)
    end
    st.fetched = (st.fetched or 0) + 1
    st.changed:broadcast()
@@ -121,15 +125,18 @@ local function ensure(st, deadline)
       end
    end
    if st.known then return true end
-   return fail("no name service", "the members of " .. st.key .. ": " .. tostring(st.why))
+   return fail(st.word or "no name service", "the members of " .. st.key .. ": " .. tostring(st.why))
 end
 
 internal.notify["luanet.ns.group_changed"] = function(peer, params)
    local kind, value, view = params[1], params[2], params[3]
    if type(kind) ~= "string" or type(value) ~= "string" then return end
    local st = states[kind .. ":" .. value]
-   -- From the name service we follow, or (while the first answer is on its way) any.
-   if st and (peer == st.source or st.fetching) then apply(st, view, peer) end
+   -- From the name service we follow, or (while the first answer is on its way) from any
+   -- of the name services we were given: never from just any peer.
+   if st and (peer == st.source or (st.fetching and internal.is_name_service(peer))) then
+      apply(st, view, peer)
+   end
 end
 
 internal.lost[#internal.lost + 1] = function(peer)
@@ -227,7 +234,7 @@ local function pick(g, st, opts, tried)
    elseif policy == "hash" then
       return by_hash(st, opts.key, tried)
    end
-   -- master: only the lease holder will do.
+   -- master: only the lease holder will do (a passed-over master is still the master).
    local m = st.master
    if m and not (tried and tried[m]) then return m end
 end
@@ -290,20 +297,30 @@ end
 -- service says another member holds the lease: a frozen master's callers follow the new
 -- one within the lease time, not after their own timeout. (The call itself runs on in a
 -- task of its own until it answers or times out; being idempotent, it may also run.)
-local function call_following(st, name, fname, ...)
+local function call_following(st, timeout, name, fname, ...)
    local args = table.pack(...)
    local box, wake = {}, luanet.cond()
    luanet.spawn(function()
-      box.r, box.word, box.detail = RPCCall(name, fname, table.unpack(args, 1, args.n))
+      local ok, r, word, detail = pcall(RPCCall, name, fname, table.unpack(args, 1, args.n))
+      if ok then
+         box.r, box.word, box.detail = r, word, detail
+      else
+         box.word, box.detail = "remote error", tostring(r)
+      end
       box.done = true
       wake:broadcast()
    end)
    st.followers[wake] = true
+   -- The call has its own timeout; this deadline only guards against a bug.
+   local deadline = now() + timeout + config.connect_timeout + 1
    while not box.done and not (st.master and st.master ~= name) do
-      wake:wait(nil, "group master")     -- the call has its own timeout
+      if not wake:wait(math.max(0, deadline - now()), "group master") then break end
    end
    st.followers[wake] = nil
    if box.done then return box.r, box.word, box.detail end
+   if not (st.master and st.master ~= name) then
+      return fail("timeout", ("%s.%s did not answer within %g s"):format(name, fname, timeout))
+   end
    return nil, "master moved", ("%s is no longer the master of %s; %s is"):format(name, st.key, st.master)
 end
 
@@ -352,7 +369,7 @@ function internal.group_call(g, fname, ...)
          return fail("no such service", "the group " .. st.key .. " has no members")
       end
       if policy == "master" and retries > 0 then
-         r, word, detail = call_following(st, name, fname, ...)
+         r, word, detail = call_following(st, timeout, name, fname, ...)
       else
          r, word, detail = RPCCall(name, fname, ...)
       end
@@ -393,7 +410,12 @@ function internal.group_pick(g, opts)
    elseif policy == "least" then
       name = least(g, st)
    end
-   if name == nil or down[name] then return nil end
+   if name == nil then return nil end
+   local d = down[name]
+   if d and policy ~= "master" then  -- (a passed-over master is still the master)
+      if d > now() then return nil end
+      down[name] = nil              -- passed over long enough
+   end
    return name
 end
 

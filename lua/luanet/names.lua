@@ -69,6 +69,12 @@ local function ask(deadline, method, ...)
          preferred = k
          return true, r, name_services[k]
       end
+      if word ~= "timeout" and word ~= "connection lost" and word ~= "no such service" then
+         -- It answered, with an error of its own (overloaded, bad request...): that is
+         -- the answer, and the others would give the same.
+         preferred = k
+         return fail(word, ("%s: %s"):format(name_services[k], tostring(detail)))
+      end
       last = ("%s: %s (%s)"):format(name_services[k], word, tostring(detail))
       -- It failed: the next lookup starts with the one after it.
       if preferred == k then preferred = k % #name_services + 1 end
@@ -89,6 +95,10 @@ local function look_up(name, lookup)
    lookups[name] = nil
    local pushed = changed[name] ~= changes
    changed[name] = nil
+   if ok and type(result) == "string" and not internal.address_of(result) then
+      core.report(("name service answered '%s' for %s, which is not an address; ignored"):format(result, name))
+      ok, result, detail = nil, "no name service", "the name service's answer was not an address"
+   end
    -- A push that came while we asked is newer than our answer: keep neither.
    if not pushed then
       if ok and type(result) == "string" then
@@ -139,6 +149,14 @@ function internal.forget(name)
 end
 
 internal.ask_name_service = ask
+
+-- Whether `peer` is the connection to one of the name services this process was given.
+function internal.is_name_service(peer)
+   for _, ns in ipairs(name_services) do
+      if internal.peer(ns) == peer then return true end
+   end
+   return false
+end
 
 -- An address a name service sent unasked (in a group's membership): as good as a lookup.
 function internal.learn(name, address)

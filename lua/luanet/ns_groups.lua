@@ -42,7 +42,8 @@ local function view(g)
    for i = 1, math.min(#names, MAX_MEMBERS) do
       members[i] = luanet.array { names[i], regs[names[i]].address }
    end
-   return { members = luanet.array(members), master = g.lease and g.lease.holder, version = g.version }
+   local l = g.lease
+   return { members = luanet.array(members), master = l and not l.fenced and l.holder or nil, version = g.version }
 end
 
 local function forget_if_unused(key, g)
@@ -80,8 +81,10 @@ local function mark(key, g)
 end
 
 local function end_lease(key, g, why)
-   core.report(("name service: %s lost the master lease of %s (%s)"):format(g.lease.holder, key, why), "info")
+   local l = g.lease
+   core.report(("name service: %s lost the master lease of %s (%s)"):format(l.holder, key, why), "info")
    g.lease, leases = nil, leases - 1
+   if l.expiry_id then core.wake(l.expiry_id, l.expiry_wait) end   -- its expiry task ends now
    mark(key, g)
 end
 
@@ -91,18 +94,35 @@ local function release(key, g, why)
    forget_if_unused(key, g)
 end
 
-local function background_sleep(seconds)
-   core.prepare_wait("lease expiry")
-   core.suspend(seconds, "lease expiry", false, true)
-end
-
--- One task per granted lease (not per renewal) drops it when it is not renewed in time.
+-- One task per granted lease (not per renewal) drops it when it is not renewed in time;
+-- ending the lease otherwise wakes it, so no task outlives its lease.
 local function expire(key, g, lease)
    while g.lease == lease do
       local left = lease.expires - core.now()
-      if left <= 0 then return release(key, g, "not renewed") end
-      background_sleep(left)
+      if left <= 0 then return release(key, g, lease.fenced and "its time ran out" or "not renewed") end
+      lease.expiry_id, lease.expiry_wait = core.prepare_wait("lease expiry")
+      core.suspend(left, "lease expiry", false, true)
+      lease.expiry_id = nil
    end
+end
+
+-- How a holder's connection ended decides what happens to its lease. Closed or reset by
+-- the holder's side: the holder is dead or saw the close itself, and steps down (see
+-- luanet/master.lua), so the lease is free at once. Anything else (no heartbeat, stopped
+-- reading, a write that failed) may be a network cut the holder has not noticed yet: it
+-- still believes until its lease time runs out, so nobody else gets the lease before then.
+local function holder_saw_the_end(peer)
+   local why = peer.lost_why
+   return why == "closed" or why == "connection reset"
+end
+
+local function fence(key, g)
+   local l = g.lease
+   if l.fenced then return end
+   l.fenced = true
+   core.report(("name service: %s's connection ended uncleanly (%s); the master lease of %s is held back until it runs out (%.1f s)")
+      :format(l.holder, tostring(l.peer.lost_why), key, l.expires - core.now()), "info")
+   mark(key, g)
 end
 
 local function check_selector(kind, value)
@@ -151,7 +171,8 @@ end
 local function group(kind, value)
    local peer = internal.caller_peer()
    local key, g = group_of(kind, value)
-   watch(peer, key, g)
+   -- A request still being handled when its connection ended: nobody to push to.
+   if peer.alive then watch(peer, key, g) else forget_if_unused(key, g) end
    return view(g)
 end
 
@@ -160,22 +181,31 @@ local function lease(kind, value, name, ttl)
    local peer = internal.caller_peer()
    local key = check_selector(kind, value)
    if type(name) ~= "string" then luanet.error("bad request", "the candidate's name must be a string") end
-   if type(ttl) ~= "number" or ttl < TTL_MIN or ttl > TTL_MAX then
+   if type(ttl) ~= "number" or ttl ~= ttl or ttl < TTL_MIN or ttl > TTL_MAX then
       luanet.error("bad request", ("the lease time must be %g to %g s"):format(TTL_MIN, TTL_MAX))
    end
    local r = regs[name]
-   if not r or r.peer ~= peer or not matches({ kind = kind, value = value }, name, r) then
+   if not r or r.peer ~= peer or not peer.alive or not matches({ kind = kind, value = value }, name, r) then
       luanet.error("not member", ("'%s' is not a member of %s registered over this connection"):format(name, key))
    end
    local g
    key, g = group_of(kind, value)
    local now = core.now()
    local held = g.lease
-   if held and (held.expires <= now or not held.peer.alive) then
+   if held and held.expires <= now then
       end_lease(key, g, "expired")
       held = nil
+   elseif held and not held.peer.alive and not held.fenced then
+      if holder_saw_the_end(held.peer) then
+         end_lease(key, g, "gone")
+         held = nil
+      else
+         fence(key, g)
+      end
    end
-   if held and held.holder == name and held.peer == peer then
+   if held and held.fenced then
+      return { granted = false, remaining = held.expires - now }
+   elseif held and held.holder == name and held.peer == peer then
       held.expires = now + ttl
       return { granted = true, ttl = ttl }
    elseif held then
@@ -211,8 +241,12 @@ function M.touch(name, before, after)
       local was, is = matches(g, name, before), matches(g, name, after)
       if was ~= is or (is and before.address ~= after.address) then mark(key, g) end
       local l = g.lease
-      if l and l.holder == name and (not is or after.peer ~= l.peer) then
-         release(key, g, after and "no longer a member" or "gone")
+      if l and not l.fenced and l.holder == name and (not is or after.peer ~= l.peer) then
+         if after == nil and not l.peer.alive and not holder_saw_the_end(l.peer) then
+            fence(key, g)
+         else
+            release(key, g, after and "no longer a member" or "gone")
+         end
       end
    end
 end

@@ -61,7 +61,7 @@ function luanet.call_options(t)
    if type(t) ~= "table" then
       error("luanet.call_options: bad argument #1 'opts' (table expected, got " .. type(t) .. ")", 2)
    end
-   if t.timeout ~= nil and (type(t.timeout) ~= "number" or t.timeout < 0) then
+   if t.timeout ~= nil and (type(t.timeout) ~= "number" or t.timeout ~= t.timeout or t.timeout < 0) then
       error("luanet.call_options: 'timeout' must be a number of seconds, 0 or more", 2)
    end
    -- For calls to a group (docs/groups.md):
@@ -92,7 +92,7 @@ function luanet.configure(t)
          goto next
       end
       if config[k] == nil then error("luanet.configure: unknown setting '" .. tostring(k) .. "'", 2) end
-      if type(v) ~= "number" or v <= 0 then
+      if type(v) ~= "number" or v ~= v or v <= 0 then
          error("luanet.configure: '" .. k .. "' must be a positive number", 2)
       end
       config[k] = v
@@ -368,10 +368,14 @@ function luanet.RPCCall(target, fname, ...)
    peer.waiting = peer.waiting + 1         -- the "least" group policy reads it
    ok = core.suspend(left, "RPCCall")
    if not ok then
-      peer.pending[msgid] = nil
-      peer.waiting = peer.waiting - 1
-      if group then internal.group_failed(target, "timeout") end
-      return fail("timeout", ("%s.%s did not answer within %g s"):format(target, fname, timeout))
+      if peer.pending[msgid] == w then
+         peer.pending[msgid] = nil
+         peer.waiting = peer.waiting - 1
+         if group then internal.group_failed(target, "timeout") end
+         return fail("timeout", ("%s.%s did not answer within %g s"):format(target, fname, timeout))
+      end
+      -- The reply (or the end of the connection) came in the same turn as the timeout:
+      -- it took the entry already, and it is the answer.
    end
    if w.lost then
       if internal.forget then internal.forget(target) end
