@@ -53,7 +53,7 @@ local function ask(deadline, method, ...)
    if #name_services == 0 then
       return fail("no name service", "no name service is configured (luanet.UseNameService)")
    end
-   local last
+   local last, answered, answered_detail
    local args = table.pack(...)
    local first = preferred
    for i = 0, #name_services - 1 do
@@ -69,16 +69,21 @@ local function ask(deadline, method, ...)
          preferred = k
          return true, r, name_services[k]
       end
-      if word ~= "timeout" and word ~= "connection lost" and word ~= "no such service" then
-         -- It answered, with an error of its own (overloaded, bad request...): that is
-         -- the answer, and the others would give the same.
+      if word == "bad request" then
+         -- The request itself is wrong: every name service would say so.
          preferred = k
          return fail(word, ("%s: %s"):format(name_services[k], tostring(detail)))
+      elseif word ~= "timeout" and word ~= "connection lost" and word ~= "no such service" then
+         -- It answered with an error of its own (overloaded; no such function from
+         -- something that is no name service): the others may still do better, but if
+         -- none does, this is the word to give.
+         answered, answered_detail = word, ("%s: %s"):format(name_services[k], tostring(detail))
       end
       last = ("%s: %s (%s)"):format(name_services[k], word, tostring(detail))
       -- It failed: the next lookup starts with the one after it.
       if preferred == k then preferred = k % #name_services + 1 end
    end
+   if answered then return fail(answered, answered_detail) end
    return fail("no name service", "no name service answered: " .. (last or "out of time"))
 end
 

@@ -134,7 +134,7 @@ local function resolve(name)
    local peer = internal.caller_peer()
    check_name("the name", name)
    served.resolve = served.resolve + 1
-   watch(peer, name)
+   if peer.alive then watch(peer, name) end   -- (a request outliving its connection watches nothing)
    local r = regs[name]
    return r and r.address
 end
