@@ -524,8 +524,13 @@ end
 -- Accepts connections for the service; each says hello and gets its reader.
 function internal.serve(listener)
    local accepted, turned_away = 0, 0
+   local failing, failures, reported_at = false, 0, 0   -- a spell of failed accepts (EMFILE)
    while true do
       local conn, aerr = listener:accept()
+      if conn and failing then
+         core.report(("StartLocalService: accepting again after %d failed accept(s)"):format(failures), "info")
+         failing, failures = false, 0
+      end
       if conn and config.token and unauthenticated >= MAX_UNAUTHENTICATED then
          -- Too many strangers are still to prove themselves: this one is not even greeted.
          conn:close()
@@ -546,7 +551,14 @@ function internal.serve(listener)
       elseif aerr == "closed" then
          return
       else
-         core.report("StartLocalService: accept failed: " .. tostring(aerr))
+         -- Out of descriptors, say: retried every 50 ms, reported once per spell and then
+         -- once a minute, not once per retry.
+         failures = failures + 1
+         if not failing or core.now() - reported_at >= 60 then
+            core.report(("StartLocalService: accept failed: %s (%d time(s) in this spell; retrying every 50 ms)")
+               :format(tostring(aerr), failures))
+            failing, reported_at = true, core.now()
+         end
          luanet.sleep(0.05)
       end
    end
