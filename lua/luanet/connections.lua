@@ -299,6 +299,8 @@ local function pinger(peer)
    end
 end
 
+local HANDLING_BATCH = 16
+
 local function reader(peer)
    local conn = peer.conn
    local on_request, on_response = internal.on_request, internal.on_response
@@ -330,6 +332,10 @@ local function reader(peer)
             -- peer are over the outbox limit (the pinger drops a peer that stopped reading).
             if conn:buffered() > config.outbox then make_room(peer, nil) end
             ok = on_request(peer, a, b, c)
+            -- Requests read in one go would all be handed to workers before any replied,
+            -- and their replies would queue past the outbox: every HANDLING_BATCH, let
+            -- the workers run (and reply) so the check above sees what they queued.
+            if peer.handling >= HANDLING_BATCH then luanet.yield() end
          end
          if not ok then
             core.report(("connection %s: %s; closing it"):format(peer.name or peer.key,
