@@ -8,18 +8,10 @@
 
 local H = require "helper"
 
-local clock
-do
-  local ok, sys = pcall(require, "system")
-  clock = ok and sys.monotime or function() return tonumber(H.readfile("/proc/uptime"):match("^[%d.]+")) end
-end
+local clock = H.clock
 
-local PRELUDE = H.CHILD_PUT .. [==[
+local PRELUDE = H.CHILD_PUT .. H.CHILD_CLOCK .. [==[
 local luanet = require "luanet"
-local ok, sys = pcall(require, "system")
-local clock = ok and sys.monotime or function()
-  local f = assert(io.open("/proc/uptime")); local t = f:read("n"); f:close(); return t
-end
 luanet.spawn(function() luanet.sleep(30) os.exit(3) end)   -- never outlive the suite
 ]==]
 

@@ -27,34 +27,14 @@
 local luanet = require "luanet"
 local H = require "helper"
 
-local clock
-do
-  local ok, sys = pcall(require, "system")
-  if ok and type(sys) == "table" and sys.monotime then
-    clock = sys.monotime
-  else
-    clock = function() return tonumber(H.readfile("/proc/uptime"):match("^[%d.]+")) end
-  end
-end
+local clock = H.clock
 
 local function report(fmt, ...)
   io.stderr:write(("\n[groups_spec] " .. fmt .. "\n"):format(...))
 end
 
 -- A Lua literal for strings, numbers, booleans and nested tables of them.
-local function ser(v)
-  local t = type(v)
-  if t == "table" then
-    local parts = {}
-    for k, x in pairs(v) do parts[#parts + 1] = "[" .. ser(k) .. "]=" .. ser(x) end
-    return "{" .. table.concat(parts, ",") .. "}"
-  elseif t == "string" then
-    return ("%q"):format(v)
-  elseif t == "number" then
-    return math.type(v) == "integer" and tostring(v) or ("%.17g"):format(v)
-  end
-  return tostring(v)
-end
+local ser = H.ser
 
 ---------------------------------------------------------------------------------------
 -- Children
@@ -63,20 +43,7 @@ end
 -- What every child starts with (after DIR/put and `local CONF = ...`).
 local PRELUDE = [==[
 local luanet = require "luanet"
-local clock
-do
-  local ok, sys = pcall(require, "system")
-  if ok and type(sys) == "table" and sys.monotime then
-    clock = sys.monotime
-  else
-    clock = function()
-      local f = assert(io.open("/proc/uptime"))
-      local t = f:read("n")
-      f:close()
-      return t
-    end
-  end
-end
+]==] .. H.CHILD_CLOCK .. [==[
 local function append(file, line)
   local f = assert(io.open(DIR .. "/" .. file, "a"))
   f:write(line, "\n")

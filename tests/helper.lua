@@ -18,6 +18,10 @@
 --   H.two(...)             { first, second } of a call's results (drops the detail text).
 --   H.CHILD_PUT            source that gives a child DIR and put(file, text) (atomic write).
 --   H.NAMESERVICE_CHILD    source of a child serving names on a free port (file "addr").
+--   H.clock()              CLOCK_MONOTONIC in seconds, the same in every process (luasystem's
+--                          monotime, which busted needs; /proc/uptime otherwise);
+--                          H.CHILD_CLOCK is source that gives a child the same `clock`.
+--   H.ser(v)               a Lua literal for strings, numbers, booleans and nested tables.
 
 local luanet = require "luanet"
 
@@ -224,6 +228,38 @@ luanet.run(function()
   put("addr", luanet.service_listener:local_addr())
 end)
 ]==]
+
+H.CHILD_CLOCK = [==[
+local clock
+do
+  local ok, sys = pcall(require, "system")
+  if ok and type(sys) == "table" and sys.monotime then
+    clock = sys.monotime
+  else
+    clock = function()
+      local f = assert(io.open("/proc/uptime"))
+      local t = f:read("n")
+      f:close()
+      return t
+    end
+  end
+end
+]==]
+H.clock = assert(load(H.CHILD_CLOCK .. "return clock", "=H.clock"))()
+
+function H.ser(v)
+  local t = type(v)
+  if t == "table" then
+    local parts = {}
+    for k, x in pairs(v) do parts[#parts + 1] = "[" .. H.ser(k) .. "]=" .. H.ser(x) end
+    return "{" .. table.concat(parts, ",") .. "}"
+  elseif t == "string" then
+    return ("%q"):format(v)
+  elseif t == "number" then
+    return math.type(v) == "integer" and tostring(v) or ("%.17g"):format(v)
+  end
+  return tostring(v)
+end
 
 -- The first two results only ({ value, word }): failures also return a detail text
 -- that may change, so specs compare just { nil, word }.

@@ -14,15 +14,7 @@
 local luanet = require "luanet"
 local H = require "helper"
 
-local clock
-do
-  local ok, sys = pcall(require, "system")
-  if ok and type(sys) == "table" and sys.monotime then
-    clock = sys.monotime
-  else
-    clock = function() return tonumber(H.readfile("/proc/uptime"):match("^[%d.]+")) end
-  end
-end
+local clock = H.clock
 
 local HERE = (debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or ".")
 if HERE:sub(1, 1) ~= "/" then         -- the children run elsewhere: make it absolute
@@ -37,19 +29,7 @@ local VERBOSE = os.getenv("REGRESS_VERBOSE")
 local function note(fmt, ...) if VERBOSE then print(("\n  [regress_groups] " .. fmt):format(...)) end end
 
 -- A Lua literal for strings, numbers, booleans and nested tables of them.
-local function ser(v)
-  local t = type(v)
-  if t == "table" then
-    local parts = {}
-    for k, x in pairs(v) do parts[#parts + 1] = "[" .. ser(k) .. "]=" .. ser(x) end
-    return "{" .. table.concat(parts, ",") .. "}"
-  elseif t == "string" then
-    return ("%q"):format(v)
-  elseif t == "number" then
-    return math.type(v) == "integer" and tostring(v) or ("%.17g"):format(v)
-  end
-  return tostring(v)
-end
+local ser = H.ser
 
 ---------------------------------------------------------------------------------------
 -- Children
@@ -60,20 +40,7 @@ end
 -- children, so their timestamps can be compared.
 local PRELUDE = [==[
 local luanet = require "luanet"
-local clock
-do
-  local ok, sys = pcall(require, "system")
-  if ok and type(sys) == "table" and sys.monotime then
-    clock = sys.monotime
-  else
-    clock = function()
-      local f = assert(io.open("/proc/uptime"))
-      local t = f:read("n")
-      f:close()
-      return t
-    end
-  end
-end
+]==] .. H.CHILD_CLOCK .. [==[
 if CONF.configure then luanet.configure(CONF.configure) end
 luanet.spawn(function() luanet.sleep(CONF.life or 30) os.exit(3) end) -- never outlive the suite
 local S = {}
@@ -574,37 +541,44 @@ describe("groups regressions", function()
     end, 15)
   end)
 
-  -- Defect 9 (t_deadwatch.py): a luanet.ns.group request handled after its connection had
-  -- ended added a watch for that dead connection, and nothing ever removed it: clients
-  -- that pipeline requests and close left groups behind for good. Twenty raw clients here
-  -- each send 500 group requests (each a group of its own) and close at once; the name
-  -- service's count of groups must come back to what it was.
-  it("9: no group watches are kept for connections that already ended", function()
+  -- Twenty raw clients each pipeline 500 `method` requests (params from `params(round, i)`)
+  -- and close at once; the name service's stats field `field` (what it watches for them)
+  -- must come back to what it was: a request handled after its connection ended must not
+  -- leave a watch behind.
+  local function pipelined_and_closed(method, params, field)
     H.run(function()
       local ns = start_ns()
       local function stats() return eval(ns, 5, "return luanet.RPCCall(luanet.service_listener:local_addr(), 'luanet.ns.stats')") end
       local before = stats()
       for round = 1, 20 do
         local c = assert(luanet.tcp.connect(ns.addr, { timeout = 2 }))
-        for i = 1, 500 do
-          c:write_array(0, i, "luanet.ns.group", luanet.array { "prefix", ("r%d.%d."):format(round, i) })
-        end
+        for i = 1, 500 do c:write_array(0, i, method, params(round, i)) end
         c:flush(2)
         c:close()
       end
-      -- The name service has read them all well within this; they leave no group behind
-      -- (their watches end with their connections) unless the defect is there.
+      -- The name service has read them all well within this.
       luanet.sleep(1)
       local after
       local back = H.wait_for(function()
         after = stats()
-        return after.groups == before.groups
+        return after[field] == before[field]
       end, 2)
-      note("defect 9: groups %d before, %d after 20 clients sent 500 group requests each and closed",
-        before.groups, after.groups)
-      assert(back, ("the name service still keeps %d groups (%d before) for clients that closed")
-        :format(after.groups, before.groups))
+      note("%s: %s %d before, %d after 20 clients sent 500 requests each and closed",
+        method, field, before[field], after[field])
+      assert(back, ("the name service still keeps %d %s (%d before) for clients that closed")
+        :format(after[field], field, before[field]))
     end, 15)
+  end
+
+  -- Defect 9 (t_deadwatch.py): a luanet.ns.group request handled after its connection had
+  -- ended added a watch for that dead connection, and nothing ever removed it: clients
+  -- that pipeline requests and close left groups behind for good. Twenty raw clients here
+  -- each send 500 group requests (each a group of its own) and close at once; the name
+  -- service's count of groups must come back to what it was.
+  it("9: no group watches are kept for connections that already ended", function()
+    pipelined_and_closed("luanet.ns.group", function(round, i)
+      return luanet.array { "prefix", ("r%d.%d."):format(round, i) }
+    end, "groups")
   end)
 
   -- Defect 10 (t_manygroups): a name service's own error word did not reach the caller:
@@ -806,28 +780,9 @@ describe("groups regressions", function()
   -- Found while writing these: luanet.ns.resolve kept a watch for a connection that had
   -- already ended (pipelined resolves, then close), for good for names never registered.
   it("9b: no name watches are kept for connections that already ended", function()
-    H.run(function()
-      local ns = start_ns()
-      local function stats() return eval(ns, 5, "return luanet.RPCCall(luanet.service_listener:local_addr(), 'luanet.ns.stats')") end
-      local before = stats()
-      for round = 1, 20 do
-        local c = assert(luanet.tcp.connect(ns.addr, { timeout = 2 }))
-        for i = 1, 500 do
-          c:write_array(0, i, "luanet.ns.resolve", luanet.array { ("nobody.%d.%d"):format(round, i) })
-        end
-        c:flush(2)
-        c:close()
-      end
-      luanet.sleep(1)
-      local after
-      local back = H.wait_for(function()
-        after = stats()
-        return after.watched_names == before.watched_names
-      end, 2)
-      note("defect 9b: watched names %d before, %d after", before.watched_names, after.watched_names)
-      assert(back, ("the name service still watches %d names (%d before) for clients that closed")
-        :format(after.watched_names, before.watched_names))
-    end, 15)
+    pipelined_and_closed("luanet.ns.resolve", function(round, i)
+      return luanet.array { ("nobody.%d.%d"):format(round, i) }
+    end, "watched_names")
   end)
 
   -- Found while writing these: after the fix for 10, one listed address that answered
