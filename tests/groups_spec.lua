@@ -241,31 +241,8 @@ local function eval(p, timeout, src, ...)
   return v
 end
 
--- A name service method over a raw MessagePack-RPC connection of this process's own
--- (ns.raw), as in names_spec. Returns result | nil, word, detail.
-local function ns_call(ns, method, ...)
-  local nargs = select("#", ...)
-  if not ns.raw then
-    local c, word, detail = luanet.tcp.connect(ns.addr, { timeout = 2 })
-    if not c then return nil, "no such service", tostring(word) .. ": " .. tostring(detail) end
-    ns.raw, ns.msgid = c, 0
-  end
-  local c = ns.raw
-  ns.msgid = ns.msgid + 1
-  local id = ns.msgid
-  local ok = c:write_call(3, nargs, 0, id, method, ...)
-  while ok do
-    local v = c:read_message(3)
-    if v == nil then break end
-    if v[1] == 1 and v[2] == id then
-      if v[3] ~= nil then return nil, v[3][1], v[3][2] end
-      return v[4]
-    end
-  end
-  c:close()
-  ns.raw = nil
-  return nil, "connection lost", "the name service closed the connection"
-end
+-- A name service method over a raw connection of this process's own (H.raw_call).
+local ns_call = H.raw_call
 
 -- Keeps ns.raw alive (a ping every 0.3 s) until stop() is called.
 local function keep_raw_alive(ns)
@@ -279,31 +256,10 @@ local function keep_raw_alive(ns)
   return function() running = false end
 end
 
--- "at held" lines of a child's file, sorted by time.
-local function transitions(p, file)
-  local out = {}
-  for at, v in p.file(file):gmatch("([%d.]+) (%a+)\n") do
-    out[#out + 1] = { at = tonumber(at), held = v == "true" }
-  end
-  table.sort(out, function(a, b) return a.at < b.at end)
-  return out
-end
+-- The lease:held() samples a child wrote to `file` (H.held_transitions).
+local function transitions(p, file) return H.held_transitions(p.file(file)) end
 
--- [start, end] intervals during which a member held (per its transitions), the last one
--- open until `end_at`.
-local function intervals(lines, end_at)
-  local out, open = {}, nil
-  for _, l in ipairs(lines) do
-    if l.held and not open then
-      open = l.at
-    elseif not l.held and open then
-      out[#out + 1] = { open, l.at }
-      open = nil
-    end
-  end
-  if open then out[#out + 1] = { open, end_at } end
-  return out
-end
+local intervals = H.held_intervals
 
 -- Pairs of intervals of different members that overlap by more than `tol` seconds.
 local function overlaps(by_member, tol)

@@ -22,6 +22,11 @@
 --                          monotime, which busted needs; /proc/uptime otherwise);
 --                          H.CHILD_CLOCK is source that gives a child the same `clock`.
 --   H.ser(v)               a Lua literal for strings, numbers, booleans and nested tables.
+--   H.raw_call(svc, m, ...) method m on svc.addr over a raw MessagePack-RPC connection of
+--                          this process's own (kept in svc.raw); result | nil, word, detail.
+--   H.held_transitions(text), H.held_intervals(transitions, end_at)
+--                          "<clock> true|false" lines of lease:held() samples, sorted;
+--                          and the [from, to] intervals held (the last open until end_at).
 
 local luanet = require "luanet"
 
@@ -259,6 +264,58 @@ function H.ser(v)
     return math.type(v) == "integer" and tostring(v) or ("%.17g"):format(v)
   end
   return tostring(v)
+end
+
+-- Kept apart from this process's own service layer, so that what it does cannot colour
+-- what a test observes. A connection the other side closed (idle for three heartbeats)
+-- is made again once.
+function H.raw_call(svc, method, ...)
+  local nargs = select("#", ...)
+  for _ = 1, 2 do
+    if not svc.raw then
+      local c, word, detail = luanet.tcp.connect(svc.addr, { timeout = 2 })
+      if not c then return nil, "no such service", tostring(word) .. ": " .. tostring(detail) end
+      svc.raw, svc.msgid = c, 0
+    end
+    local c = svc.raw
+    svc.msgid = svc.msgid + 1
+    local id = svc.msgid
+    local ok = c:write_call(3, nargs, 0, id, method, ...)
+    while ok do
+      local v = c:read_message(3)
+      if v == nil then break end
+      if v[1] == 1 and v[2] == id then
+        if v[3] ~= nil then return nil, v[3][1], v[3][2] end
+        return v[4]
+      end
+    end
+    c:close()
+    svc.raw = nil
+  end
+  return nil, "connection lost", "the peer closed the connection"
+end
+
+function H.held_transitions(text)
+  local out = {}
+  for at, v in text:gmatch("([%d.]+) (%a+)\n") do
+    out[#out + 1] = { at = tonumber(at), held = v == "true" }
+  end
+  table.sort(out, function(a, b) return a.at < b.at end)
+  return out
+end
+
+function H.held_intervals(lines, end_at)
+  local out, open = {}, nil
+  for _, l in ipairs(lines) do
+    if l.held and not open then
+      open = l.at
+    elseif not l.held and open then
+      out[#out + 1] = { open, l.at }
+      open = nil
+    end
+  end
+  if open then out[#out + 1] = { open, end_at } end
+  return out
 end
 
 -- The first two results only ({ value, word }): failures also return a detail text

@@ -177,35 +177,8 @@ local function caller(ns, body, opts)
   return r
 end
 
--- A name service method called from this process over a raw MessagePack-RPC connection
--- of its own (kept in ns.raw, made again when the name service closed it), so that
--- what this process's own service layer does cannot colour what the tests observe.
--- Returns result | nil, word, detail like RPCCall.
-local function ns_call(ns, method, ...)
-  local nargs = select("#", ...)
-  for _ = 1, 2 do
-    if not ns.raw then
-      local c, word, detail = luanet.tcp.connect(ns.addr, { timeout = 2 })
-      if not c then return nil, "no such service", tostring(word) .. ": " .. tostring(detail) end
-      ns.raw, ns.msgid = c, 0
-    end
-    local c = ns.raw
-    ns.msgid = ns.msgid + 1
-    local id = ns.msgid
-    local ok = c:write_call(3, nargs, 0, id, method, ...)
-    while ok do
-      local v = c:read_message(3)
-      if v == nil then break end
-      if v[1] == 1 and v[2] == id then
-        if v[3] ~= nil then return nil, v[3][1], v[3][2] end
-        return v[4]
-      end
-    end
-    c:close() -- closed by the name service (idle for three heartbeats): once more on a new one
-    ns.raw = nil
-  end
-  return nil, "connection lost", "the name service closed the connection"
-end
+-- A name service method over a raw connection of this process's own (H.raw_call).
+local ns_call = H.raw_call
 
 local function resolve(ns, name)
   return ns_call(ns, "luanet.ns.resolve", name)

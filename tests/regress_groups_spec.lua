@@ -178,29 +178,10 @@ local function start_fake_ns(mode)
 end
 
 -- "<clock> true|false" lines of a child's file, sorted by time.
-local function transitions(p, file)
-  local out = {}
-  for at, v in p.file(file):gmatch("([%d.]+) (%a+)\n") do
-    out[#out + 1] = { at = tonumber(at), held = v == "true" }
-  end
-  table.sort(out, function(a, b) return a.at < b.at end)
-  return out
-end
+local function transitions(p, file) return H.held_transitions(p.file(file)) end
 
 -- [from, to] intervals during which a member held, the last one open until `end_at`.
-local function intervals(lines, end_at)
-  local out, open = {}, nil
-  for _, l in ipairs(lines) do
-    if l.held and not open then
-      open = l.at
-    elseif not l.held and open then
-      out[#out + 1] = { open, l.at }
-      open = nil
-    end
-  end
-  if open then out[#out + 1] = { open, end_at } end
-  return out
-end
+local intervals = H.held_intervals
 
 local function mentions(s, parts)
   for _, p in ipairs(parts) do
