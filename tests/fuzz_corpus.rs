@@ -1,5 +1,7 @@
 //! Replays the fuzz targets' committed corpus (fuzz/corpus) and every crash they ever
 //! found (fuzz/regressions) through the same properties, under plain `cargo test`.
+//! (These tests link Debian's liblua5.4, see build.rs: `connection` runs a real service
+//! in a Lua state of its own, loading lua/ from this checkout and this build's core.)
 
 #[path = "../fuzz/properties.rs"]
 mod properties;
@@ -29,4 +31,9 @@ fn decode_corpus() {
 #[test]
 fn framing_corpus() {
     assert!(replay("framing", properties::framing) >= 10, "the framing corpus is missing");
+}
+
+#[test]
+fn connection_corpus() {
+    assert!(replay("connection", properties::connection) >= 10, "the connection corpus is missing");
 }

@@ -90,6 +90,12 @@ local function register(name, address, functions)
       check_name("a function name", f)
       set[f] = true
    end
+   -- The request may be handled after its connection ended (it came with the peer's
+   -- close): held[] is cleared when a connection ends, so a name stored now would stay
+   -- forever, pointing at a process that is gone (found by the connection fuzz target).
+   if not peer.alive then
+      luanet.error("connection lost", "the connection that asked to register has closed")
+   end
    local r = regs[name]
    if r and r.peer ~= peer and r.peer.alive then
       luanet.error("name taken", ("'%s' is held by the live service at %s"):format(name, r.address))
