@@ -8,7 +8,7 @@ TREE     ?= $(CURDIR)/.rocks
 # The module as a user gets it: installed by luarocks into a tree, found through luarocks path.
 LUAENV    = eval "$$($(LUAROCKS) --tree $(TREE) path)";
 
-.PHONY: deps build install local test test-rust test-lua bench demo rock clean
+.PHONY: deps build install local test test-rust test-lua test-faults bench soak demo rock clean
 
 deps:
 	scripts/deps
@@ -25,13 +25,23 @@ local:
 	$(LUAROCKS) make --tree $(TREE) $(ROCKSPEC)
 
 test: deps
-	$(MAKE) test-rust test-lua
+	$(MAKE) test-rust test-lua test-faults
 
 test-rust:
 	cargo test --release --locked
 
 test-lua: local
 	$(LUAENV) scripts/test-lua
+
+# The whole Lua suite again with the socket layer misbehaving: every 3rd recv, send and
+# accept fails with EAGAIN, and the others move a random part of their bytes
+# (src/faults.rs, docs/RELIABILITY.md "Fault injection").
+test-faults: local
+	$(LUAENV) LUANET_FAULTS=short,eagain=3 scripts/test-lua
+
+# 30 minutes of calls and messages while services restart (not in CI; docs/RELIABILITY.md).
+soak: local
+	$(LUAENV) bench/soak
 
 demo: deps
 	$(MAKE) local

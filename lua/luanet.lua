@@ -291,6 +291,9 @@ function luanet.connect(addr, opts)
    return tcp_connect(addr, opts)
 end
 
+-- TLS for TCP streams (docs/tls.md).
+require("luanet.tls")(luanet, core)
+
 -- Services, RPC and messages (docs/services.md).
 local internal = require("luanet.service")(luanet)
 -- Services by name (docs/names.md): the resolver and registration, and the name service.

@@ -33,6 +33,7 @@ build = {
          ["luanet.groups"] = "lua/luanet/groups.lua",
          ["luanet.master"] = "lua/luanet/master.lua",
          ["luanet.log"] = "lua/luanet/log.lua",
+         ["luanet.tls"] = "lua/luanet/tls.lua",
       },
    },
 }

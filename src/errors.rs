@@ -8,9 +8,13 @@ pub const BUSY: &str = "busy";
 pub const LINE_TOO_LONG: &str = "line too long";
 pub const MESSAGE_TOO_LARGE: &str = "message too large";
 pub const BAD_ADDRESS: &str = "bad address";
+pub const TLS: &str = "tls error";
 
 /// Maps an OS error to its stable word; the detail (OS text) goes alongside.
 pub fn word_for(err: &io::Error) -> &'static str {
+    if err.get_ref().is_some_and(|e| e.is::<crate::tls::TlsFailure>()) {
+        return TLS;
+    }
     match err.raw_os_error() {
         Some(libc::ECONNREFUSED) => "connection refused",
         Some(libc::ECONNRESET) | Some(libc::ECONNABORTED) => "connection reset",

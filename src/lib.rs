@@ -16,8 +16,11 @@
 //! * `buffer.rs`: bytes waiting in one direction of a stream, allocated on first use.
 //! * `msgpack/`: the codec: `encode.rs` walks the Lua stack, `decode.rs` checks then builds.
 //! * `address.rs`, `errors.rs`: address strings; the stable error words.
+//! * `tls.rs`: TLS on TCP streams with rustls: configurations, wrapping, the handshake.
 //! * `auth.rs`: HMAC and nonces for the cluster token handshake.
 //! * `hash.rs`: the specified key hash that group calls by key use.
+//! * `faults.rs`: fault injection for tests (short reads and writes, EAGAIN, resets),
+//!   switched on by `LUANET_FAULTS`.
 //! * `signals.rs`: SIGINT and SIGTERM stop a running loop gracefully.
 //! * `log/`: asynchronous logging: the bounded queue and its writer thread (`mod.rs`),
 //!   line formats (`line.rs`), files and rotation (`sink.rs`).
@@ -37,6 +40,7 @@ pub mod auth;
 pub mod buffer;
 pub mod datagram;
 pub mod errors;
+pub mod faults;
 pub mod hash;
 pub mod listener;
 pub mod log;
@@ -50,6 +54,7 @@ pub mod stream;
 pub mod task;
 pub mod tcp;
 pub mod timer;
+pub mod tls;
 pub mod udp;
 pub mod unix;
 
@@ -135,6 +140,10 @@ const FUNCTIONS: &[(&CStr, ffi::lua_CFunction)] = &[
     (c"unix_connect", unix::connect),
     (c"unix_bind", unix::bind),
     (c"unix_datagram", unix::datagram),
+    (c"faults_injected", faults::injected),
+    (c"tls_client_config", tls::new_client_config),
+    (c"tls_server_config", tls::new_server_config),
+    (c"tls_wrap", tls::wrap),
 ];
 
 unsafe fn open(l: *mut lua_State) -> c_int {
@@ -165,7 +174,7 @@ unsafe fn open(l: *mut lua_State) -> c_int {
     ffi::lua_setfield(l, ffi::LUA_REGISTRYINDEX, c"luanet.reactor".as_ptr());
 
     msgpack::register(l);
-    let stream_methods: Vec<_> = stream::METHODS.iter().chain(stream::BUFFER_METHODS).copied().collect();
+    let stream_methods: Vec<_> = stream::METHODS.iter().chain(stream::BUFFER_METHODS).chain(tls::METHODS).copied().collect();
     let datagram_methods: Vec<_> = datagram::METHODS.iter().chain(stream::BUFFER_METHODS).copied().collect();
     socket::register_metatable(l, reactor_idx, c"luanet.listener", listener::METHODS);
     socket::register_metatable(l, reactor_idx, c"luanet.stream", &stream_methods);

@@ -20,6 +20,10 @@ fn accept_one(s: &mut crate::socket::Socket) -> Accepted {
     if !s.readable {
         return Accepted::WouldBlock;
     }
+    if crate::faults::before_accept(std::os::fd::AsRawFd::as_raw_fd(&s.fd)) {
+        s.readable = false;
+        return Accepted::WouldBlock;
+    }
     let kind = if s.kind == Kind::UnixListener { Kind::UnixStream } else { Kind::TcpStream };
     loop {
         let fd = unsafe {

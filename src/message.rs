@@ -31,6 +31,28 @@ unsafe fn read_array_attempt(l: *mut lua_State, r: &Reactor, key: usize, generat
     read_attempt(l, r, key, generation, true)
 }
 
+/// What unfinished messages may hold in receive buffers, over all connections of the
+/// process. Each connection's own limit is the codec's max_size (16 MiB), so without this
+/// ten peers each sending 15 MiB and then nothing held 150 MB until the heartbeat.
+pub const PARTIAL_MESSAGES_BUDGET: usize = 64 * 1024 * 1024;
+
+/// A connection holding no more than this of an unfinished message is never refused for
+/// the budget: small requests in pieces are what every connection has.
+const PARTIAL_EXEMPT: usize = 256 * 1024;
+
+/// Counts `held` bytes of an unfinished message for this socket against the process-wide
+/// budget. False when the budget is spent and this connection holds a large part of it.
+fn count_partial(r: &Reactor, s: &mut crate::socket::Socket, held: usize) -> bool {
+    let before = s.partial_counted();
+    if before == held {
+        return true;
+    }
+    let total = r.partial_held.get() - before + held;
+    r.partial_held.set(total);
+    s.set_partial_counted(held);
+    total <= PARTIAL_MESSAGES_BUDGET || held <= PARTIAL_EXEMPT
+}
+
 /// The elements of an array message are pushed as values of their own (count first),
 /// so a MessagePack-RPC envelope costs no Lua table.
 const MAX_SPREAD: usize = 64;
@@ -44,7 +66,10 @@ unsafe fn read_attempt(l: *mut lua_State, r: &Reactor, key: usize, generation: u
             limits.max_size = s.message_limit(codec_limits.max_size);
             let window = &data[..data.len().min(limits.max_size)];
             match decode::check(window, 0, &limits) {
-                Ok(end) => return Next::Value(data.as_ptr(), end),
+                Ok(end) => {
+                    count_partial(r, s, 0);
+                    return Next::Value(s.received().as_ptr(), end);
+                }
                 Err(DecodeError::Truncated) | Err(DecodeError::Forged(_)) if window.len() < limits.max_size => {}
                 Err(DecodeError::Truncated) | Err(DecodeError::Forged(_)) => {
                     return Next::Fail(
@@ -60,7 +85,20 @@ unsafe fn read_attempt(l: *mut lua_State, r: &Reactor, key: usize, generation: u
         }
         match gather(r, s) {
             Fill::Data(_) | Fill::Eof => continue,
-            Fill::WouldBlock => return Next::Wait,
+            Fill::WouldBlock => {
+                let held = s.received().len();
+                if !count_partial(r, s, held) {
+                    count_partial(r, s, 0);
+                    return Next::Fail(
+                        errors::MESSAGE_TOO_LARGE,
+                        format!(
+                            "{held} bytes into an unfinished message while unfinished messages fill the \
+                             process's budget of {PARTIAL_MESSAGES_BUDGET} bytes"
+                        ),
+                    );
+                }
+                return Next::Wait;
+            }
             Fill::Failed(e) => {
                 let (word, detail) = errors::describe(&e);
                 return Next::Fail(word, detail);

@@ -140,6 +140,8 @@ pub struct Reactor {
     pub codec: crate::msgpack::Codec,
     /// An encode buffer kept between calls, so packing allocates only the Lua string.
     scratch_out: RefCell<Vec<u8>>,
+    /// Bytes of unfinished messages held over all connections (message.rs budget).
+    pub partial_held: Cell<usize>,
     /// Corked sockets with bytes queued this turn, sent after the ready tasks ran.
     corked: RefCell<Vec<(usize, u32)>>,
 }
@@ -183,6 +185,7 @@ impl Reactor {
             codec: Default::default(),
             scratch_out: RefCell::new(Vec::new()),
             corked: RefCell::new(Vec::new()),
+            partial_held: Cell::new(0),
         })
     }
 
@@ -273,6 +276,7 @@ impl Reactor {
         if removed.has_unsent() {
             self.flushing.set(self.flushing.get().saturating_sub(1));
         }
+        self.partial_held.set(self.partial_held.get().saturating_sub(removed.partial_counted()));
         let mut removed = removed;
         if let Some(linger) = removed.take_linger_timer() {
             self.timers.borrow_mut().cancel(linger);
@@ -517,7 +521,7 @@ impl Reactor {
             if self.stop_requested.get() {
                 return Ok(());
             }
-            let timeout = if !self.ready.borrow().is_empty() {
+            let timeout = if !self.ready.borrow().is_empty() || crate::faults::edges_pending() {
                 Some(Duration::ZERO)
             } else if !self.timers.borrow().has_foreground() && self.io_waits.get() == 0 && self.flushing.get() == 0 {
                 // Only background waits (connection readers, their heartbeats) are left.
@@ -527,6 +531,9 @@ impl Reactor {
                 next.map(|deadline| Duration::from_millis(deadline.saturating_sub(self.now_ms())))
             };
             self.poll_once(timeout)?;
+            if crate::faults::edges_pending() {
+                self.deliver_made_up_edges();
+            }
             self.fire_timers();
         }
     }
@@ -573,6 +580,38 @@ impl Reactor {
             self.remove_socket(key);
         }
         Ok(())
+    }
+
+    /// The readiness events fault injection owes (faults.rs): handled as poll's own.
+    #[cold]
+    fn deliver_made_up_edges(&self) {
+        let owed: std::collections::HashMap<_, u8> =
+            crate::faults::take_edges().into_iter().fold(Default::default(), |mut m, (fd, e)| {
+                *m.entry(fd).or_default() |= e;
+                m
+            });
+        let mut finished = Vec::new();
+        {
+            let mut sockets = self.sockets.borrow_mut();
+            for (key, s) in sockets.iter_mut() {
+                let edges = owed.get(&s.fd.as_raw_fd()).copied().unwrap_or(0);
+                if edges & crate::faults::EDGE_READ != 0 {
+                    s.readable = true;
+                    if let Some(w) = s.read_waiter.take() {
+                        self.wake(w, Reason::Ready);
+                    }
+                }
+                if edges & crate::faults::EDGE_WRITE != 0 {
+                    s.writable = true;
+                    if s.on_writable(self) {
+                        finished.push(key);
+                    }
+                }
+            }
+        }
+        for key in finished {
+            self.remove_socket(key);
+        }
     }
 
     fn fire_timers(&self) {

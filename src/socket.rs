@@ -2,7 +2,7 @@
 //! Lua holds, closing (now, lingering, or from `__gc`) and the common methods.
 
 use std::ffi::{c_int, CStr};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 
 use crate::buffer::Pending;
@@ -110,6 +110,10 @@ pub struct Cold {
     pub owned_path: Option<OwnedPath>,
     /// After the process ran out of descriptors, accept tries again only from here (ms).
     pub accept_retry_at: Option<u64>,
+    /// Bytes of an unfinished message counted against the process-wide budget (message.rs).
+    pub partial_counted: usize,
+    /// Set once the connection speaks TLS (tls.rs): reads and writes go through it.
+    pub tls: Option<Box<crate::tls::Tls>>,
 }
 
 impl Default for Cold {
@@ -124,12 +128,15 @@ impl Default for Cold {
             sent: 0,
             owned_path: None,
             accept_retry_at: None,
+            tls: None,
+            partial_counted: 0,
         }
     }
 }
 
 impl Socket {
     pub fn new(fd: socket2::Socket, kind: Kind, generation: u32) -> Socket {
+        crate::faults::new_socket(std::os::fd::AsRawFd::as_raw_fd(&fd));
         Socket {
             fd,
             kind,
@@ -195,7 +202,33 @@ impl Socket {
     }
 
     pub fn has_unsent(&self) -> bool {
-        self.wbuf.as_ref().is_some_and(|b| !b.is_empty())
+        self.wbuf.as_ref().is_some_and(|b| !b.is_empty()) || self.tls().is_some_and(|t| t.has_unsent())
+    }
+
+    pub fn tls(&self) -> Option<&crate::tls::Tls> {
+        self.cold.as_ref().and_then(|c| c.tls.as_deref())
+    }
+
+    pub fn tls_mut(&mut self) -> Option<&mut crate::tls::Tls> {
+        self.cold.as_mut().and_then(|c| c.tls.as_deref_mut())
+    }
+
+    /// What a send needs at once: the descriptor, its kind, TLS, and the queued bytes.
+    pub fn send_parts(&mut self) -> (RawFd, Kind, Option<&mut crate::tls::Tls>, &[u8]) {
+        let tls = self.cold.as_mut().and_then(|c| c.tls.as_deref_mut());
+        (self.fd.as_raw_fd(), self.kind, tls, crate::buffer::data(&self.wbuf))
+    }
+
+    pub fn partial_counted(&self) -> usize {
+        self.cold.as_ref().map_or(0, |c| c.partial_counted)
+    }
+
+    pub fn set_partial_counted(&mut self, n: usize) {
+        self.cold_mut().partial_counted = n;
+    }
+
+    pub fn set_tls(&mut self, tls: Box<crate::tls::Tls>) {
+        self.cold_mut().tls = Some(tls);
     }
 
     pub fn unsent(&self) -> usize {
@@ -305,6 +338,7 @@ pub fn close_socket(r: &Reactor, key: usize, generation: u32) {
         for w in [s.read_waiter.take(), s.write_waiter.take()].into_iter().flatten() {
             r.wake(w, Reason::Closed);
         }
+        close_notify(s);
         if s.has_unsent() && s.write_error().is_none() {
             s.closing = true;
             let deadline = r.deadline_after(LINGER_MS);
@@ -316,6 +350,16 @@ pub fn close_socket(r: &Reactor, key: usize, generation: u32) {
     };
     if !linger {
         r.remove_socket(key);
+    }
+}
+
+/// A TLS stream says close_notify when it closes or shuts down writing, once what is
+/// queued in plaintext has been handed to TLS (else the peer just sees the stream end).
+pub fn close_notify(s: &mut Socket) {
+    let fd = s.fd.as_raw_fd();
+    let plaintext_queued = s.wbuf.as_ref().is_some_and(|b| !b.is_empty());
+    if let (Some(tls), false) = (s.tls_mut(), plaintext_queued) {
+        tls.close_notify(fd);
     }
 }
 

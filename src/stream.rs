@@ -3,7 +3,7 @@
 
 use std::ffi::{c_int, CStr};
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 
 use crate::errors::{self, describe};
 use crate::lua::{self, ffi, lua_State, push_fail, LuaResult, Raise, Ret};
@@ -162,9 +162,19 @@ pub enum Fill {
 
 /// One `recv` into `buf`, skipped when the readiness hint says it would fail.
 pub fn recv_into(s: &mut Socket, buf: &mut [u8]) -> Fill {
+    if s.tls().is_some() {
+        return recv_tls(s, buf);
+    }
     if !s.readable {
         return Fill::WouldBlock;
     }
+    let buf = match crate::faults::before_recv(s.fd.as_raw_fd(), buf.len()) {
+        crate::faults::Injected::Len(n) => &mut buf[..n],
+        crate::faults::Injected::WouldBlock => {
+            s.readable = false;
+            return Fill::WouldBlock;
+        }
+    };
     loop {
         let n = unsafe { libc::recv(s.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
         if n > 0 {
@@ -190,6 +200,23 @@ pub fn recv_into(s: &mut Socket, buf: &mut [u8]) -> Fill {
             _ => return Fill::Failed(err),
         }
     }
+}
+
+/// As `recv_into`, through TLS: rustls may hold plaintext while the kernel has nothing,
+/// so the readiness hint is its business (tls.rs).
+#[cold]
+fn recv_tls(s: &mut Socket, buf: &mut [u8]) -> Fill {
+    let fd = s.fd.as_raw_fd();
+    let mut readable = s.readable;
+    let fill = match s.tls_mut() {
+        Some(tls) => tls.recv(fd, &mut readable, buf),
+        None => Fill::WouldBlock,
+    };
+    s.readable = readable;
+    if matches!(fill, Fill::Eof) {
+        s.eof = true;
+    }
+    fill
 }
 
 /// Receives more bytes onto the end of `rbuf`.
@@ -370,10 +397,29 @@ blocking_op!(READ_ALL, read_all, read_all_k, "read_all", Dir::Read, read_all_att
 // ---- sending ---------------------------------------------------------------------------
 
 /// One `send` without SIGPIPE (the host process keeps the default disposition).
-pub fn send_nosignal(s: &Socket, data: &[u8]) -> io::Result<usize> {
+pub fn send_nosignal(s: &mut Socket, data: &[u8]) -> io::Result<usize> {
+    let (fd, kind, tls, _) = s.send_parts();
+    send_parts(fd, kind, tls, data)
+}
+
+/// As `send_nosignal`, from `wbuf`'s own bytes.
+fn send_queued(s: &mut Socket) -> io::Result<usize> {
+    let (fd, kind, tls, queued) = s.send_parts();
+    send_parts(fd, kind, tls, queued)
+}
+
+fn send_parts(fd: RawFd, kind: crate::socket::Kind, tls: Option<&mut crate::tls::Tls>, data: &[u8]) -> io::Result<usize> {
+    if let Some(tls) = tls {
+        return tls.send(fd, data);
+    }
+    let data = match crate::faults::before_send(fd, data.len()) {
+        crate::faults::Injected::Len(n) => &data[..n],
+        crate::faults::Injected::WouldBlock => return Err(crate::faults::would_block()),
+    };
     loop {
-        let n = unsafe { libc::send(s.fd.as_raw_fd(), data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL) };
+        let n = unsafe { libc::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL) };
         if n >= 0 {
+            crate::faults::after_send(fd, kind, n as usize);
             return Ok(n as usize);
         }
         let err = io::Error::last_os_error();
@@ -395,12 +441,15 @@ fn note_unsent(r: &Reactor, before: bool, after: bool) {
 pub fn flush_queued(s: &mut Socket, r: &Reactor) {
     let before = s.has_unsent();
     while s.has_unsent() && s.writable {
-        let sent = send_nosignal(s, crate::buffer::data(&s.wbuf));
+        let sent = send_queued(s);
         match sent {
             Ok(n) => {
                 s.note_sent(n);
                 if let Some(b) = s.wbuf.as_mut() {
                     b.consume(n);
+                }
+                if n == 0 && !s.wbuf.as_ref().is_some_and(|b| !b.is_empty()) {
+                    break; // only TLS's own records were left, and it made no progress
                 }
             }
             Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => s.writable = false,
@@ -408,6 +457,10 @@ pub fn flush_queued(s: &mut Socket, r: &Reactor) {
                 // Nothing queued can be delivered any more; the next write reports why.
                 s.cold_mut().write_error = Some(describe(&e));
                 s.wbuf = None;
+                if let Some(tls) = s.tls_mut() {
+                    tls.abandon_output();
+                }
+                break;
             }
         }
     }
@@ -531,6 +584,7 @@ unsafe extern "C-unwind" fn shutdown(l: *mut lua_State) -> c_int {
                 s.fd.shutdown(std::net::Shutdown::Read)?;
             }
             if write {
+                crate::socket::close_notify(s);
                 if s.has_unsent() {
                     s.shutdown_after_flush = true;
                 } else {

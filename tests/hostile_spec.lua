@@ -26,7 +26,10 @@ local H = require "helper"
 
 local MiB = 1024 * 1024
 local RSS_BOUND_KB = 100 * 1024      -- growth allowed, in kB
-local LATENCY_BOUND = 1.0            -- s, worst good-client call during an attack
+-- s, worst good-client call during an attack. Under LUANET_FAULTS (make test-faults) a
+-- third of all socket calls fail on purpose and every transfer takes several more: the
+-- attacks' megabytes then cost the loop 2-3 times as many turns.
+local LATENCY_BOUND = os.getenv("LUANET_FAULTS") and 3.0 or 1.0
 
 local function say(fmt, ...)
   io.stderr:write("[hostile] " .. fmt:format(...) .. "\n")
@@ -614,8 +617,9 @@ describe("hostile clients", function()
     never_read("never read x10", 10, 512)
   end)
 
+  -- Found here as a defect (each connection held to 16 MiB, none over all of them: +150 MB
+  -- for 3 s); now unfinished messages share a process-wide budget of 64 MiB (message.rs).
   it("many connections each holding a message just under the 16 MiB limit", function()
-    pending("defect: the 16 MiB message limit is per connection with no overall cap: 10 peers each 15 MiB into an unfinished message grow the service's RSS by ~150 MB for 3 s")
     H.run(function()
       local svc = start_service()
       local stop = watch(svc)
@@ -638,8 +642,11 @@ describe("hostile clients", function()
       local total = 0
       for i = 1, N do total = total + sent[i] end
       say("near-limit: %d MiB sent over %d connections", total, N)
-      verdict("near-limit partial messages", svc, stop, { what = N .. " connections of 15 MiB",
-        max_lines = 2 * N, reason = "no sign of life" })
+      local _, case = verdict("near-limit partial messages", svc, stop, { what = N .. " connections of 15 MiB",
+        max_lines = 2 * N, reason = "budget" })
+      local refused = 0
+      for _, l in ipairs(case) do if l:find("budget", 1, true) then refused = refused + 1 end end
+      assert.is_true(refused >= 4, refused .. " connection(s) refused for the budget")
     end, 20)
   end)
 

@@ -26,6 +26,41 @@ local NONCE = 16              -- bytes; fixed, so the concatenations in a proof 
 local function fail(word, detail) return nil, word, detail end
 local introduce               -- defined with the notifications
 
+-- TLS between services, opt-in (docs/tls.md, "Between services"): TCP connections this
+-- process accepts (with a certificate) and dials are TLS; Unix ones stay local and plain.
+local tls_server, tls_client, tls_server_name
+
+local TLS_KEYS = { cert = true, key = true, ca = true, verify = true, server_name = true, mutual = true }
+
+function internal.set_tls(t)
+   if t == false then
+      tls_server, tls_client, tls_server_name = nil, nil, nil
+      return
+   end
+   if type(t) ~= "table" then
+      error("luanet.configure: 'tls' must be a table of TLS settings, or false for none", 3)
+   end
+   for k in pairs(t) do
+      if not TLS_KEYS[k] then error("luanet.configure: tls: unknown setting '" .. tostring(k) .. "'", 3) end
+   end
+   if (t.cert == nil) ~= (t.key == nil) then error("luanet.configure: tls: 'cert' and 'key' go together", 3) end
+   if t.mutual and not t.cert then
+      error("luanet.configure: tls: 'mutual' needs this process's own 'cert' and 'key'", 3)
+   end
+   local client, _, detail = core.tls_client_config {
+      ca = t.ca, verify = t.verify, cert = t.mutual and t.cert or nil, key = t.mutual and t.key or nil,
+   }
+   if not client then error("luanet.configure: tls: " .. tostring(detail), 3) end
+   local server
+   if t.cert then
+      server, _, detail = core.tls_server_config {
+         cert = t.cert, key = t.key, client_ca = t.mutual and (t.ca or "/etc/ssl/certs/ca-certificates.crt") or nil,
+      }
+      if not server then error("luanet.configure: tls: " .. tostring(detail), 3) end
+   end
+   tls_server, tls_client, tls_server_name = server, client, t.server_name
+end
+
 -- Two connections lead to the same process when their hellos give the same name and the
 -- same listening address. A name alone is not enough: several name services all call
 -- themselves luanet.names, and a restarted service may briefly overlap its old self.
@@ -469,7 +504,13 @@ function get_peer(target, deadline)
    connecting[target] = waiting
    local timeout = math.min(config.connect_timeout, deadline and math.max(0, deadline - core.now()) or math.huge)
    local conn, word, detail
-   if kind == "tcp" then
+   if kind == "tcp" and tls_client then
+      conn, word, detail = luanet.tls.connect(addr, {
+         timeout = timeout, config = tls_client, server_name = tls_server_name, handshake_timeout = timeout,
+      })
+      -- Why the handshake failed (a rejected certificate) is the useful part.
+      if word == "tls error" then word = "tls error: " .. tostring(detail) end
+   elseif kind == "tcp" then
       conn, word, detail = luanet.tcp.connect(addr, { timeout = timeout })
    else
       conn, word, detail = luanet.unix.connect(addr, { timeout = timeout })
@@ -531,6 +572,7 @@ end
 function internal.serve(listener)
    local accepted, turned_away = 0, 0
    local failing, failures, reported_at = false, 0, 0   -- a spell of failed accepts (EMFILE)
+   local over_tcp = not luanet.is_unix_address(listener:local_addr())
    while true do
       local conn, aerr = listener:accept()
       if conn and failing then
@@ -547,6 +589,11 @@ function internal.serve(listener)
          end
       elseif conn then
          accepted = accepted + 1
+         if tls_server and over_tcp then
+            -- The handshake runs as the reader reads (hello and replies wait for it), so
+            -- a client that stalls it holds up only itself, until its heartbeat ends it.
+            core.tls_wrap(conn, tls_server)
+         end
          -- "#" keeps the key from ever reading as a host:port address.
          local peer = new_peer(conn, "conn#" .. accepted, false)
          if not peer.authed then

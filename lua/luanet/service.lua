@@ -84,6 +84,10 @@ end
 
 function luanet.configure(t)
    for k, v in pairs(t) do
+      if k == "tls" then
+         internal.set_tls(v)
+         goto next
+      end
       if k == "token" then
          if v ~= false and (type(v) ~= "string" or v == "") then
             error("luanet.configure: 'token' must be a non-empty string (or false for none)", 2)
