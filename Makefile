@@ -8,7 +8,7 @@ TREE     ?= $(CURDIR)/.rocks
 # The module as a user gets it: installed by luarocks into a tree, found through luarocks path.
 LUAENV    = eval "$$($(LUAROCKS) --tree $(TREE) path)";
 
-.PHONY: deps build install local test test-rust test-lua test-faults bench soak demo rock clean
+.PHONY: deps build install local test test-rust test-lua test-faults test-valgrind bench soak demo rock clean
 
 deps:
 	scripts/deps
@@ -38,6 +38,11 @@ test-lua: local
 # (src/faults.rs, docs/RELIABILITY.md "Fault injection").
 test-faults: local
 	$(LUAENV) LUANET_FAULTS=short,eagain=3 scripts/test-lua
+
+# The Lua specs under valgrind memcheck with the most aggressive garbage collector, in
+# busted and every child lua5.4 (not in CI: about 6 minutes; docs/RELIABILITY.md).
+test-valgrind: local
+	$(LUAENV) scripts/test-valgrind
 
 # 30 minutes of calls and messages while services restart (not in CI; docs/RELIABILITY.md).
 soak: local
