@@ -537,8 +537,10 @@ unsafe fn config_at<'a>(l: *mut lua_State, idx: c_int, func: &str) -> Result<&'a
     Ok(&**slot)
 }
 
-pub unsafe extern "C-unwind" fn new_client_config(l: *mut lua_State) -> c_int {
-    lua::entry(l, || match client_config(l)? {
+/// A config built from the options table, or `nil, "tls error", detail` (a file that
+/// cannot be read, a key that does not match); bad arguments raise.
+unsafe fn new_config(l: *mut lua_State, build: unsafe fn(*mut lua_State) -> Result<Result<Config, String>, Raise>) -> c_int {
+    lua::entry(l, || match build(l)? {
         Ok(c) => {
             push_config(l, c);
             Ok(Ret::Values(1))
@@ -547,14 +549,12 @@ pub unsafe extern "C-unwind" fn new_client_config(l: *mut lua_State) -> c_int {
     })
 }
 
+pub unsafe extern "C-unwind" fn new_client_config(l: *mut lua_State) -> c_int {
+    new_config(l, client_config)
+}
+
 pub unsafe extern "C-unwind" fn new_server_config(l: *mut lua_State) -> c_int {
-    lua::entry(l, || match server_config(l)? {
-        Ok(c) => {
-            push_config(l, c);
-            Ok(Ret::Values(1))
-        }
-        Err(detail) => Ok(push_fail(l, errors::TLS, &detail)),
-    })
+    new_config(l, server_config)
 }
 
 /// `core.tls_wrap(conn, config, [server_name])`: the connection speaks TLS from now on

@@ -44,8 +44,8 @@ function internal.set_tls(t)
       if not TLS_KEYS[k] then error("luanet.configure: tls: unknown setting '" .. tostring(k) .. "'", 3) end
    end
    if (t.cert == nil) ~= (t.key == nil) then error("luanet.configure: tls: 'cert' and 'key' go together", 3) end
-   if t.mutual and not t.cert then
-      error("luanet.configure: tls: 'mutual' needs this process's own 'cert' and 'key'", 3)
+   if t.mutual and not (t.cert and t.ca) then
+      error("luanet.configure: tls: 'mutual' needs this process's own 'cert' and 'key', and 'ca' (the cluster's CA, which signs every member's certificate)", 3)
    end
    local client, _, detail = core.tls_client_config {
       ca = t.ca, verify = t.verify, cert = t.mutual and t.cert or nil, key = t.mutual and t.key or nil,
@@ -54,7 +54,7 @@ function internal.set_tls(t)
    local server
    if t.cert then
       server, _, detail = core.tls_server_config {
-         cert = t.cert, key = t.key, client_ca = t.mutual and (t.ca or "/etc/ssl/certs/ca-certificates.crt") or nil,
+         cert = t.cert, key = t.key, client_ca = t.mutual and t.ca or nil,
       }
       if not server then error("luanet.configure: tls: " .. tostring(detail), 3) end
    end
